@@ -1,0 +1,391 @@
+"""The encoder: embeddings -> post-LN transformer layers -> tanh pooler.
+
+The model calls ops only (``bertfast.ops``), never a backend directly. On a kernel backend a
+padded batch is packed once after the embedding lookup: every layer then runs on real tokens
+only with the variable-length attention, and padding is put back at the output.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertfast import ops
+from bertfast.config import BertConfig
+
+BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
+
+
+@dataclass
+class BertModelOutput:
+    """What ``BertModel.forward`` returns; indexable like Hugging Face's output tuples."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(
+            getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        )
+
+    def __getitem__(self, key: int | str):
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+
+@dataclass
+class PackedBatch:
+    """A padded batch's real tokens back to back, and how to put them back."""
+
+    indices: torch.Tensor  # (total_tokens,) flat positions of real tokens in batch * seq
+    cu_seqlens: torch.Tensor  # (batch + 1,) int32 offsets
+    max_seqlen: int
+    batch: int
+    seq: int
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> PackedBatch:
+        lengths = mask.sum(dim=1, dtype=torch.int32)
+        cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+        batch, seq = mask.shape
+        return cls(indices, cu_seqlens, int(lengths.max()) if batch else 0, batch, seq)
+
+    @classmethod
+    def dense(cls, batch: int, seq: int, device: torch.device) -> PackedBatch:
+        """Every position real: packing is a reshape."""
+        cu_seqlens = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=device)
+        return cls(None, cu_seqlens, seq, batch, seq)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(self.batch * self.seq, *t.shape[2:])
+        return flat if self.indices is None else flat.index_select(0, self.indices)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Padded positions come back as zeros."""
+        if self.indices is None:
+            return packed.view(self.batch, self.seq, *packed.shape[1:])
+        out = packed.new_zeros(self.batch * self.seq, *packed.shape[1:])
+        out.index_copy_(0, self.indices, packed)
+        return out.view(self.batch, self.seq, *packed.shape[1:])
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        h = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, h, config.pad_token_id, **kw)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h, **kw)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h, **kw)
+        self.layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps, **kw)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids, backend: str) -> torch.Tensor:
+        out = ops.embedding_layer_norm(
+            input_ids,
+            token_type_ids,
+            position_ids,
+            self.word_embeddings.weight,
+            self.position_embeddings.weight,
+            self.token_type_embeddings.weight,
+            self.layer_norm.weight,
+            self.layer_norm.bias,
+            self.layer_norm.eps,
+            backend=backend,
+        )
+        return self.dropout(out)
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer layer with the query/key/value projections fused into one GEMM."""
+
+    def __init__(self, config: BertConfig, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        h, i = config.hidden_size, config.intermediate_size
+        self.num_heads = config.num_attention_heads
+        self.gelu_approximate = config.gelu_approximate
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(h, 3 * h, **kw)
+        self.attention_output = nn.Linear(h, h, **kw)
+        self.attention_norm = nn.LayerNorm(h, eps=config.layer_norm_eps, **kw)
+        self.intermediate = nn.Linear(h, i, **kw)
+        self.output = nn.Linear(i, h, **kw)
+        self.output_norm = nn.LayerNorm(h, eps=config.layer_norm_eps, **kw)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _residual_norm(self, x, linear: nn.Linear, residual, norm: nn.LayerNorm, backend: str):
+        if self.training and self.dropout.p > 0:
+            # Dropout sits between the bias and the residual, so the bias cannot be fused here.
+            x = self.dropout(x + linear.bias)
+            bias = None
+        else:
+            bias = linear.bias
+        return ops.bias_residual_layer_norm(
+            x, bias, residual, norm.weight, norm.bias, norm.eps, backend=backend
+        )
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        backend: str,
+        key_padding_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+    ) -> torch.Tensor:
+        qkv = F.linear(hidden, self.qkv.weight, self.qkv.bias)
+        context = ops.attention(
+            qkv,
+            self.num_heads,
+            key_padding_mask=key_padding_mask,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            backend=backend,
+        )
+        attn = F.linear(context, self.attention_output.weight)
+        hidden = self._residual_norm(
+            attn, self.attention_output, hidden, self.attention_norm, backend
+        )
+        inter = ops.bias_gelu(
+            F.linear(hidden, self.intermediate.weight),
+            self.intermediate.bias,
+            self.gelu_approximate,
+            backend=backend,
+        )
+        out = F.linear(inter, self.output.weight)
+        return self._residual_norm(out, self.output, hidden, self.output_norm, backend)
+
+
+def _check_id_tensor(name: str, t: torch.Tensor, shape: torch.Size | None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {t.dtype}")
+    if shape is not None and t.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; input_ids has {tuple(shape)}")
+
+
+def prepare_inputs(
+    config: BertConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, bool]:
+    """Validate every input before any kernel runs (one device sync for all range checks).
+
+    Returns ids, a bool mask (None when there is none), token types, positions, and whether
+    any position is padding.
+    """
+    _check_id_tensor("input_ids", input_ids, None)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    batch, seq = input_ids.shape
+    if batch == 0 or seq == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
+    if position_ids is None and seq > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {seq} exceeds max_position_embeddings "
+            f"({config.max_position_embeddings}); truncate the input"
+        )
+    shape = input_ids.shape
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    _check_id_tensor("token_type_ids", token_type_ids, shape)
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+    else:
+        _check_id_tensor("position_ids", position_ids, None)
+        if position_ids.dim() == 1:
+            position_ids = position_ids.expand(batch, -1)
+        if position_ids.shape != shape:
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}; input_ids has {tuple(shape)}"
+            )
+    mask = None
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask)}")
+        if attention_mask.shape != shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
+                f"input_ids {tuple(shape)} (1 = real token, 0 = padding)"
+            )
+        mask = attention_mask.to(device) != 0
+    tensors = [t.to(device) for t in (input_ids, token_type_ids, position_ids)]
+    input_ids, token_type_ids, position_ids = tensors
+    stats = [
+        input_ids.min(),
+        input_ids.max(),
+        token_type_ids.min(),
+        token_type_ids.max(),
+        position_ids.min(),
+        position_ids.max(),
+    ]
+    if attention_mask is not None:
+        am = attention_mask.to(device)
+        stats.append(((am != 0) & (am != 1)).any().to(input_ids.dtype))
+        stats.append((~mask).any().to(input_ids.dtype))
+    values = torch.stack([s.to(torch.float64) for s in stats]).tolist()
+    checks = (
+        ("input_ids", values[0], values[1], config.vocab_size, "vocab_size"),
+        ("token_type_ids", values[2], values[3], config.type_vocab_size, "type_vocab_size"),
+        (
+            "position_ids",
+            values[4],
+            values[5],
+            config.max_position_embeddings,
+            "max_position_embeddings",
+        ),
+    )
+    for name, low, high, limit, what in checks:
+        if low < 0 or high >= limit:
+            bad = int(low) if low < 0 else int(high)
+            raise ValueError(
+                f"{name} contains {bad}; allowed range is [0, {limit}) ({what}={limit})"
+            )
+    has_padding = False
+    if attention_mask is not None:
+        if values[6]:
+            raise ValueError("attention_mask must hold only 0 and 1 (or True/False)")
+        has_padding = bool(values[7])
+    return input_ids, mask, token_type_ids, position_ids, has_padding
+
+
+class BertModel(nn.Module):
+    """A BERT encoder that answers like ``transformers.BertModel``, on fused kernels."""
+
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        add_pooling_layer: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
+        if device is None or torch.device(device).type != "meta":
+            ops.resolve_backend(backend, device)  # fail now, with the reason, if it cannot run
+        self.config = config
+        self.requested_backend = backend
+        kw = dict(device=device, dtype=dtype)
+        self.embeddings = BertEmbeddings(config, **kw)
+        self.layers = nn.ModuleList(
+            BertLayer(config, **kw) for _ in range(config.num_hidden_layers)
+        )
+        self.pooler = (
+            nn.Linear(config.hidden_size, config.hidden_size, **kw) if add_pooling_layer else None
+        )
+        self._resolved: dict[torch.device, str] = {}
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Hugging Face's initialisation: N(0, initializer_range), zero biases, unit norms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.word_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.word_embeddings.weight.dtype
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs on the model's current device."""
+        device = self.device
+        if device not in self._resolved:
+            self._resolved[device] = ops.resolve_backend(self.requested_backend, device)
+        return self._resolved[device]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> BertModelOutput | tuple:
+        backend = self.backend
+        input_ids, mask, token_type_ids, position_ids, has_padding = prepare_inputs(
+            self.config, input_ids, attention_mask, token_type_ids, position_ids, self.device
+        )
+        if backend == "torch":
+            hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
+            key_padding_mask = mask if has_padding else None
+            for layer in self.layers:
+                hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
+        else:
+            if self.training and torch.is_grad_enabled():
+                raise NotImplementedError(
+                    f"the {backend} kernels have no backward pass; train with backend='torch'"
+                )
+            batch, seq = input_ids.shape
+            packed = (
+                PackedBatch.from_mask(mask)
+                if has_padding
+                else PackedBatch.dense(batch, seq, input_ids.device)
+            )
+            hidden = self.embeddings(
+                packed.pack(input_ids),
+                packed.pack(token_type_ids),
+                packed.pack(position_ids),
+                backend,
+            )
+            for layer in self.layers:
+                hidden = layer(
+                    hidden, backend, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen
+                )
+            hidden = packed.unpack(hidden)
+        pooled = None
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(hidden[:, 0]))
+        output = BertModelOutput(hidden, pooled)
+        return output if return_dict else output.to_tuple()
+
+    # Checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> BertModel:
+        """Load a Hugging Face BERT checkpoint directory (safetensors or PyTorch file)."""
+        from bertfast.weights import load_pretrained_encoder
+
+        return load_pretrained_encoder(cls, name_or_path, backend, dtype, device)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors that ``transformers.BertModel`` loads."""
+        from bertfast.weights import save_pretrained
+
+        save_pretrained(path, self.config, self.hf_state_dict(), ["BertModel"])
+
+    def hf_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The weights under Hugging Face's names (query/key/value split again)."""
+        from bertfast.weights import bertfast_to_hf
+
+        return bertfast_to_hf(self.state_dict(), prefix)

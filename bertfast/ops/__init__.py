@@ -1,0 +1,156 @@
+"""The dispatch layer: every hot op of the encoder, and the backends that can run it.
+
+Each op lives in its own module (signature, input checks, torch reference, dispatch). A backend
+declares where it can run; ``resolve_backend`` turns a request ("auto", "torch", "triton",
+"cuda") into one that can run on a device, or raises an error that says why it cannot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+OPS = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not importable ({exc}); install it with `pip install triton`"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"the GPU has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+        return None
+    if device.type == "cpu":
+        if triton_interpreter_enabled():
+            return None
+        return (
+            "Triton kernels run on CUDA devices; on the CPU only under the interpreter "
+            "(set TRITON_INTERPRET=1 before Python starts)"
+        )
+    return f"Triton kernels do not run on {device.type!r} devices"
+
+
+def cuda_extension_reason() -> str | None:
+    """None when the compiled extension bertfast._cuda imports, else how to build it."""
+    try:
+        importlib.import_module("bertfast._cuda")
+    except ImportError as exc:
+        return (
+            f"the CUDA extension bertfast._cuda is not built ({exc}); build it with "
+            "`cmake -S . -B build && cmake --build build`"
+        )
+    return None
+
+
+def _cuda_reason(device: torch.device) -> str | None:
+    reason = cuda_extension_reason()
+    if reason:
+        return reason
+    if device.type != "cuda":
+        return f"the CUDA kernels run on CUDA devices only, not on {device.type!r}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"the GPU has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to run the ops, with the check that says whether it can run on a device."""
+
+    name: str
+    description: str
+    unavailable_reason: Callable[[torch.device], str | None]
+
+
+BACKEND_INFO = {
+    "torch": Backend("torch", "plain PyTorch reference ops (SDPA attention)", lambda d: None),
+    "triton": Backend("triton", "fused Triton kernels, padding-free encoder", _triton_reason),
+    "cuda": Backend("cuda", "fused CUDA C++ kernels (pybind11 extension)", _cuda_reason),
+}
+
+# "auto" tries these in order on a CUDA device; on the CPU it is always torch.
+AUTO_PRIORITY = ("triton", "cuda", "torch")
+
+
+def _as_device(device: torch.device | str | None) -> torch.device:
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def backend_report(device: torch.device | str | None = None) -> dict[str, str | None]:
+    """For each backend, None if it can run on ``device``, else the reason it cannot."""
+    dev = _as_device(device)
+    return {name: info.unavailable_reason(dev) for name, info in BACKEND_INFO.items()}
+
+
+def resolve_backend(requested: str, device: torch.device | str | None = None) -> str:
+    """The backend that will run on ``device`` for a request; never a silent substitute."""
+    dev = _as_device(device)
+    if requested == "auto":
+        if dev.type != "cuda":
+            return "torch"
+        for name in AUTO_PRIORITY:
+            if BACKEND_INFO[name].unavailable_reason(dev) is None:
+                return name
+        return "torch"
+    if requested not in BACKEND_INFO:
+        raise ValueError(f"unknown backend {requested!r}; choose one of 'auto', {BACKENDS}")
+    reason = BACKEND_INFO[requested].unavailable_reason(dev)
+    if reason is not None:
+        raise RuntimeError(f"backend {requested!r} cannot run on {dev}: {reason}")
+    return requested
+
+
+def get_kernel(op: str, backend: str) -> Callable:
+    """The launcher of ``op`` for a kernel backend: ``bertfast.<backend>.<op>.<op>``."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops: {OPS}")
+    if backend not in ("triton", "cuda"):
+        raise ValueError(f"backend {backend!r} has no kernels; kernel backends: triton, cuda")
+    package = "bertfast.triton" if backend == "triton" else "bertfast.cuda"
+    try:
+        module = importlib.import_module(f"{package}.{op}")
+    except ModuleNotFoundError as exc:
+        raise NotImplementedError(f"op {op!r} has no {backend} kernel ({exc})") from exc
+    return getattr(module, op)
+
+
+from bertfast.ops.attention import attention, attention_reference  # noqa: E402
+from bertfast.ops.bias_gelu import bias_gelu, bias_gelu_reference  # noqa: E402
+from bertfast.ops.bias_residual_layer_norm import (  # noqa: E402
+    bias_residual_layer_norm,
+    bias_residual_layer_norm_reference,
+)
+from bertfast.ops.embedding_layer_norm import (  # noqa: E402
+    embedding_layer_norm,
+    embedding_layer_norm_reference,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_INFO",
+    "OPS",
+    "attention",
+    "attention_reference",
+    "backend_report",
+    "bias_gelu",
+    "bias_gelu_reference",
+    "bias_residual_layer_norm",
+    "bias_residual_layer_norm_reference",
+    "embedding_layer_norm",
+    "embedding_layer_norm_reference",
+    "get_kernel",
+    "resolve_backend",
+]

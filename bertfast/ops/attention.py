@@ -1,0 +1,140 @@
+"""Multi-head self-attention read straight from the fused QKV projection's output.
+
+Two input forms:
+- padded: ``qkv`` is (batch, seq, 3 * hidden) with an optional ``key_padding_mask`` (batch, seq),
+  True for real tokens; the output is (batch, seq, hidden).
+- packed: ``qkv`` is (total_tokens, 3 * hidden) holding the sequences back to back, described
+  by ``cu_seqlens`` (int32, batch + 1 offsets starting at 0) and ``max_seqlen``; no padding.
+
+Within the last dimension, qkv is [q | k | v], each (heads, head_dim), as a Linear with the
+query, key and value weights concatenated produces it.
+
+Semantics every backend shares: padded keys get zero weight and their K/V values never reach
+an output (NaN there is harmless); a sequence with no real key at all returns zeros for every
+query row; padded query rows are computed like real ones (they attend to the real keys) and are
+otherwise unspecified.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from bertfast.ops._checks import check_float
+
+
+def _padded_reference(
+    qkv: torch.Tensor, num_heads: int, key_padding_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    batch, seq, three_hidden = qkv.shape
+    hidden = three_hidden // 3
+    q, k, v = qkv.view(batch, seq, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4)
+    attn_mask = None
+    if key_padding_mask is not None:
+        keep = key_padding_mask[:, None, :, None]
+        # Zero padded K/V so that 0 * NaN cannot leak through the weighted sum.
+        k = torch.where(keep, k, 0)
+        v = torch.where(keep, v, 0)
+        has_key = key_padding_mask.any(dim=-1)
+        # A row with no real key would be all -inf (NaN softmax): unmask it, zero it after.
+        attn_mask = (key_padding_mask | ~has_key[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    if key_padding_mask is not None:
+        out = torch.where(has_key[:, None, None, None], out, 0)
+    return out.transpose(1, 2).reshape(batch, seq, hidden)
+
+
+def attention_reference(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Plain PyTorch (SDPA) attention with the semantics in the module docstring."""
+    if cu_seqlens is None:
+        return _padded_reference(qkv, num_heads, key_padding_mask, dropout_p)
+    out = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
+    offsets = cu_seqlens.tolist()
+    for start, end in itertools.pairwise(offsets):
+        if end > start:
+            out[start:end] = _padded_reference(qkv[None, start:end], num_heads, None, dropout_p)[0]
+    return out
+
+
+def check_attention_inputs(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+) -> None:
+    check_float("qkv", qkv)
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(
+            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim "
+            f"with num_heads={num_heads}"
+        )
+    if cu_seqlens is None:
+        if qkv.dim() != 3:
+            raise ValueError(f"padded qkv must be (batch, seq, 3*hidden), got {tuple(qkv.shape)}")
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype != torch.bool:
+                raise TypeError(f"key_padding_mask must be bool, got {key_padding_mask.dtype}")
+            if key_padding_mask.shape != qkv.shape[:2]:
+                raise ValueError(
+                    f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, expected "
+                    f"(batch, seq) = {tuple(qkv.shape[:2])}"
+                )
+            if key_padding_mask.device != qkv.device:
+                raise ValueError(
+                    f"key_padding_mask is on {key_padding_mask.device}, qkv on {qkv.device}"
+                )
+        return
+    if key_padding_mask is not None:
+        raise ValueError(
+            "pass either key_padding_mask (padded form) or cu_seqlens (packed), not both"
+        )
+    if qkv.dim() != 2:
+        raise ValueError(f"packed qkv must be (total_tokens, 3*hidden), got {tuple(qkv.shape)}")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(
+            f"cu_seqlens must be a 1-D int32 tensor of batch + 1 offsets, got dtype "
+            f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}"
+        )
+    if cu_seqlens.device != qkv.device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, qkv on {qkv.device}")
+    if max_seqlen is None or max_seqlen < 0:
+        raise ValueError(f"packed attention needs max_seqlen >= 0, got {max_seqlen!r}")
+
+
+def attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    dropout_p: float = 0.0,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Scaled dot-product self-attention over heads; see the module docstring for the forms."""
+    check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
+    if backend == "torch":
+        return attention_reference(
+            qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p
+        )
+    if dropout_p:
+        raise NotImplementedError(
+            f"attention dropout (p={dropout_p}) runs on the torch backend only; "
+            f"the {backend} kernels are for inference (call model.eval())"
+        )
+    from bertfast.ops import get_kernel
+
+    return get_kernel("attention", backend)(
+        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+    )

