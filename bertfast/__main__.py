@@ -1,0 +1,5 @@
+import sys
+
+from bertfast.cli import main
+
+sys.exit(main())

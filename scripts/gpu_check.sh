@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run: build csrc/ (when present), the GPU-marked tests,
+# the quick benchmark grid. Works offline on a machine where torch, triton and transformers are
+# already installed. Results go to benchmarks/results/<gpu>/ and, when $OUT is set, to $OUT.
+# Usage: bash scripts/gpu_check.sh [--no-bench] [--no-tests]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset TRITON_INTERPRET
+python="${PYTHON:-python3}"
+out="${OUT:-gpu_results}"
+mkdir -p "$out"
+run_tests=1 run_bench=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-tests) run_tests=0 ;;
+        --no-bench) run_bench=0 ;;
+        *) echo "unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+status=0
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+"$python" -m bertfast info --json > "$out/info.json" || status=1
+
+if [ -f CMakeLists.txt ]; then
+    echo "== building csrc/"
+    { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v "$python")" \
+        && cmake --build build -j 16; } > "$out/build.log" 2>&1 || { status=1; tail -30 "$out/build.log"; }
+fi
+
+if [ "$run_tests" = 1 ]; then
+    echo "== GPU tests"
+    "$python" -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tee "$out/gpu_tests.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; then
+    echo "== benchmark (quick grid)"
+    gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+    dest="benchmarks/results/$gpu"
+    "$python" -m bertfast bench --quick --device cuda --output "$dest" 2>&1 | tee "$out/bench.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    cp "$dest"/*.json "$dest"/*.md "$out/" 2>/dev/null
+fi
+echo "gpu_check exit status: $status"
+exit $status

@@ -1,0 +1,198 @@
+"""The encoder against transformers.BertModel (fp32, CPU), bad inputs, dtypes and devices."""
+
+import pytest
+import torch
+
+from bertfast import BertConfig, BertModel
+from tests.helpers import max_abs_error, random_hf_bert
+
+transformers = pytest.importorskip("transformers")
+
+PARITY_TOL = 1e-4
+
+
+def _batch(vocab, batch=3, seq=13, type_vocab=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, seq), generator=g)
+    types = torch.randint(0, type_vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    lengths[0] = seq
+    lengths[-1] = 1  # one sequence of a single token
+    for i, n in enumerate(lengths.tolist()):
+        mask[i, n:] = 0
+    return ids, types, mask
+
+
+def _hf_outputs(hf, ids, types, mask):
+    with torch.no_grad():
+        return hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+
+
+CONFIGS = {
+    "head_dim_32": dict(hidden_size=64, num_attention_heads=2),
+    "head_dim_64": dict(hidden_size=128, num_attention_heads=2, intermediate_size=256),
+    "one_head": dict(hidden_size=32, num_attention_heads=1, intermediate_size=64),
+    "gelu_new": dict(hidden_act="gelu_new"),
+    "three_token_types": dict(type_vocab_size=3),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_random_checkpoint_parity(tmp_path, name):
+    path, hf = random_hf_bert(tmp_path, **CONFIGS[name])
+    model = BertModel.from_pretrained(path, backend="torch")
+    ids, types, mask = _batch(hf.config.vocab_size, type_vocab=hf.config.type_vocab_size)
+    ours = model(ids, attention_mask=mask, token_type_ids=types)
+    ref = _hf_outputs(hf, ids, types, mask)
+    assert max_abs_error(ours.last_hidden_state, ref.last_hidden_state, mask) <= PARITY_TOL
+    assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
+
+
+def test_minilm_parity(minilm_dir):
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    model = BertModel.from_pretrained("all-MiniLM-L6-v2", backend="torch")
+    ids, types, mask = _batch(hf.config.vocab_size, batch=4, seq=37)
+    ours = model(ids, attention_mask=mask, token_type_ids=types)
+    ref = _hf_outputs(hf, ids, types, mask)
+    err = max_abs_error(ours.last_hidden_state, ref.last_hidden_state, mask)
+    assert err <= PARITY_TOL, err
+    assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
+
+
+def test_padded_batch_equals_each_sequence_alone(tmp_path):
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="torch")
+    ids, types, mask = _batch(hf.config.vocab_size, batch=4, seq=11)
+    batched = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        alone = model(ids[i : i + 1, :n], token_type_ids=types[i : i + 1, :n]).last_hidden_state
+        assert max_abs_error(batched[i, :n], alone[0]) <= 1e-5
+
+
+def test_output_is_indexable_and_hf_keywords_work(tmp_path):
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path)
+    ids = torch.randint(1, 99, (2, 5))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(5))
+    assert out[0] is out.last_hidden_state and out[1] is out.pooler_output
+    assert out["pooler_output"] is out.pooler_output
+    assert len(model(ids, return_dict=False)) == 2
+    assert model.backend == "torch"  # auto on CPU
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_within_rule(tmp_path, dtype):
+    """Error vs fp32 reference <= 3x the error HF itself makes in the same dtype (testing.md)."""
+    path, hf = random_hf_bert(tmp_path)
+    ids, types, mask = _batch(99)
+    ref = _hf_outputs(hf, ids, types, mask).last_hidden_state
+    hf_low = transformers.BertModel.from_pretrained(path, dtype=dtype).eval()
+    hf_err = max_abs_error(_hf_outputs(hf_low, ids, types, mask).last_hidden_state, ref, mask)
+    model = BertModel.from_pretrained(path, backend="torch", dtype=dtype)
+    out = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    assert out.dtype == dtype
+    assert max_abs_error(out, ref, mask) <= 3 * hf_err + 1e-3
+
+
+def test_to_dtype_and_device(tmp_path):
+    path, _ = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path).to(torch.device("cpu"), torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    ids = torch.randint(1, 99, (2, 6))
+    assert model(ids).last_hidden_state.dtype == torch.bfloat16
+
+
+def test_presets():
+    shapes = {
+        "transformer-base": (6, 512, 8),
+        "bert-base": (12, 768, 12),
+        "bert-large": (24, 1024, 16),
+    }
+    for name, (layers, hidden, heads) in shapes.items():
+        c = BertConfig.preset(name)
+        assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads) == (
+            layers,
+            hidden,
+            heads,
+        )
+        assert c.intermediate_size == 4 * hidden
+    with pytest.raises(ValueError, match="unknown preset 'bert-huge'"):
+        BertConfig.preset("bert-huge")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_size=100, num_attention_heads=3), "not divisible by num_attention_heads"),
+        (dict(position_embedding_type="relative_key"), "position_embedding_type 'relative_key'"),
+        (dict(hidden_act="relu"), "hidden_act 'relu' is not supported"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
+    ],
+)
+def test_unsupported_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BertConfig(**kwargs)
+
+
+def test_config_from_hf_json(tmp_path):
+    import json
+
+    data = transformers.BertConfig(
+        hidden_size=48, num_attention_heads=4, id2label={0: "neg", 1: "pos"}, hidden_act="gelu_new"
+    ).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    c = BertConfig.from_pretrained(tmp_path)
+    assert (c.hidden_size, c.head_dim, c.gelu_approximate) == (48, 12, "tanh")
+    assert c.id2label == {0: "neg", 1: "pos"} and c.label2id == {"neg": 0, "pos": 1}
+    decoder = dict(data, is_decoder=True)
+    with pytest.raises(ValueError, match="decoder"):
+        BertConfig.from_dict(decoder)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        type_vocab_size=2,
+    )
+    return BertModel(config, backend="torch").eval()
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: dict(input_ids=torch.tensor([[1, 50]])), ValueError, r"input_ids contains 50; allowed range is \[0, 50\)"),
+        (lambda: dict(input_ids=torch.tensor([[1, -3]])), ValueError, "input_ids contains -3"),
+        (lambda: dict(input_ids=torch.ones(1, 17, dtype=torch.long)), ValueError, "sequence length 17 exceeds max_position_embeddings"),
+        (lambda: dict(input_ids=torch.ones(1, 4, dtype=torch.long), token_type_ids=torch.full((1, 4), 2)), ValueError, "token_type_ids contains 2"),
+        (lambda: dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5)), ValueError, r"attention_mask has shape \(2, 5\)"),
+        (lambda: dict(input_ids=torch.ones(2, 4)), TypeError, "input_ids must be an integer tensor.*torch.float32"),
+        (lambda: dict(input_ids=torch.ones(4, dtype=torch.long)), ValueError, r"input_ids must be \(batch, seq\)"),
+        (lambda: dict(input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=torch.full((1, 4), 2)), ValueError, "only 0 and 1"),
+        (lambda: dict(input_ids=torch.ones(1, 4, dtype=torch.long), position_ids=torch.tensor([0, 1, 2, 16])), ValueError, "position_ids contains 16"),
+        (lambda: dict(input_ids=torch.ones(1, 4, dtype=torch.long), token_type_ids=torch.zeros(1, 3, dtype=torch.long)), ValueError, r"token_type_ids has shape \(1, 3\)"),
+    ],
+)  # fmt: skip
+def test_bad_inputs(tiny_model, make, error, match):
+    with pytest.raises(error, match=match):
+        tiny_model(**make())
+
+
+def test_unknown_and_unavailable_backend(monkeypatch):
+    config = BertConfig.preset("transformer-base", num_hidden_layers=1)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        BertModel(config, backend="fast")
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run on cpu: the CUDA extension"):
+        BertModel(config, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(
+        RuntimeError, match="backend 'triton' cannot run on cpu: .*TRITON_INTERPRET=1"
+    ):
+        BertModel(config, backend="triton")
