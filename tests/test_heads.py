@@ -12,6 +12,8 @@ transformers = pytest.importorskip("transformers")
 
 from bertfast import BertConfig, heads  # noqa: E402
 from bertfast.weights import CheckpointError  # noqa: E402
+from tests import helpers  # noqa: E402
+from tests.helpers import max_abs_error  # noqa: E402
 
 VOCAB = 120
 ATOL = 1e-4
@@ -61,25 +63,12 @@ def tiny_config(**overrides) -> BertConfig:
     return BertConfig(**{**kw, **overrides})
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL, what=""):
-    """Fail with the worst element's place and the fraction of elements out of tolerance."""
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
+def assert_close(actual, expected, atol: float = ATOL, what: str = "") -> None:
+    """The shared comparison, printing the worst difference (seen with ``pytest -s``)."""
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    diff = (actual.double() - expected.double()).abs()
-    worst = diff.max().item() if diff.numel() else 0.0
-    print(f"{what}: max abs diff {worst:.3g}")
-    if worst > atol:
-        where = tuple(torch.nonzero(diff == worst)[0].tolist())
-        frac = (diff > atol).double().mean().item()
-        raise AssertionError(
-            f"{what}: max abs diff {worst:.3g} at {where} (got {actual[where].item():.6g}, "
-            f"expected {expected[where].item():.6g}); {frac:.1%} of elements exceed {atol}"
-        )
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+    if actual.numel():
+        print(f"{what}: max abs diff {max_abs_error(actual, expected):.3g}")
+    helpers.assert_close(actual, expected, atol=atol, what=what)
 
 
 def _build(name: str, config: transformers.BertConfig, path) -> transformers.PreTrainedModel:
