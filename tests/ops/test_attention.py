@@ -1,0 +1,159 @@
+"""Attention: the torch reference against naive math, the Triton kernel against the reference."""
+
+import math
+
+import pytest
+import torch
+
+from bertfast import ops
+from bertfast.ops import attention_reference
+from tests.helpers import assert_close
+
+triton_attention = pytest.importorskip("bertfast.triton.attention")
+attention = triton_attention.attention
+
+
+def naive_attention(qkv, num_heads, mask):
+    """softmax(QK^T/sqrt(d)) V in fp64, written out by hand; rows with no real key are 0."""
+    batch, seq, three_hidden = qkv.shape
+    d = three_hidden // 3 // num_heads
+    q, k, v = qkv.double().view(batch, seq, 3, num_heads, d).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    v = v.masked_fill(~mask[:, None, :, None], 0.0)
+    return (probs @ v).transpose(1, 2).reshape(batch, seq, three_hidden // 3)
+
+
+def mixed_mask(batch, seq, seed=0):
+    """Random lengths, with one full row and one single-token row."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    lengths[0] = seq
+    lengths[-1] = 1
+    return torch.arange(seq)[None, :] < lengths[:, None]
+
+
+def packed_from_padded(qkv, mask):
+    lengths = mask.sum(1)
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    return qkv[mask], cu, int(lengths.max())
+
+
+def check_rows(ours, qkv32, heads, rows, what, **form):
+    """Compare real rows. fp32: tight. fp16: error <= 2x the reference's own fp16 error."""
+    expected = attention_reference(qkv32, heads, **form)[rows].double()
+    got = ours[rows].double()
+    if ours.dtype == torch.float32:
+        assert_close(got, expected, atol=2e-5, rtol=1e-5, what=what)
+        return
+    low = attention_reference(qkv32.to(ours.dtype), heads, **form)[rows].double()
+    ref_err = (low - expected).abs().max().item()
+    our_err = (got - expected).abs().max().item()
+    assert not torch.isnan(got).any(), f"{what}: NaN in output"
+    assert our_err <= 2 * ref_err + 1e-4, f"{what}: error {our_err:.3e} > 2 x ref {ref_err:.3e}"
+
+
+def test_reference_matches_naive_math():
+    qkv = torch.randn(3, 11, 3 * 2 * 8, dtype=torch.float64)
+    mask = mixed_mask(3, 11)
+    mask[1] = False  # a sequence with no real token
+    expected = naive_attention(qkv, 2, mask)
+    assert_close(attention_reference(qkv, 2, key_padding_mask=mask), expected, atol=1e-12)
+    packed, cu, longest = packed_from_padded(qkv, mask)
+    got = attention_reference(packed, 2, cu_seqlens=cu, max_seqlen=longest)
+    assert_close(got, expected[mask], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("seq", [1, 7, 97, 129])
+def test_padded_form(dtype, head_dim, seq):
+    heads = 2
+    qkv32 = torch.randn(3, seq, 3 * heads * head_dim)
+    mask = mixed_mask(3, seq, seed=seq)
+    ours = attention(qkv32.to(dtype), heads, key_padding_mask=mask)
+    # Padded query rows are unspecified: compare real rows only.
+    check_rows(ours, qkv32, heads, mask, f"{dtype} d{head_dim} s{seq}", key_padding_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_packed_form(dtype, head_dim):
+    heads = 3
+    lengths = [97, 1, 7, 0, 129]  # includes a single token and an empty sequence
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    qkv32 = torch.randn(sum(lengths), 3 * heads * head_dim)
+    ours = attention(qkv32.to(dtype), heads, cu_seqlens=cu, max_seqlen=max(lengths))
+    rows = torch.ones(sum(lengths), dtype=torch.bool)
+    check_rows(
+        ours, qkv32, heads, rows, f"packed {dtype} d{head_dim}", cu_seqlens=cu, max_seqlen=129
+    )
+
+
+def test_padded_and_packed_forms_agree():
+    qkv = torch.randn(4, 33, 3 * 2 * 32)
+    mask = mixed_mask(4, 33, seed=3)
+    padded = attention(qkv, 2, key_padding_mask=mask)
+    packed_qkv, cu, longest = packed_from_padded(qkv, mask)
+    packed = attention(packed_qkv, 2, cu_seqlens=cu, max_seqlen=longest)
+    assert_close(packed, padded[mask], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("poison", [float("nan"), 1e30, -float("inf")])
+def test_padding_never_leaks(poison):
+    heads, d = 2, 32
+    qkv = torch.randn(3, 40, 3 * heads * d)
+    mask = mixed_mask(3, 40, seed=7)
+    clean = attention(qkv, heads, key_padding_mask=mask)
+    dirty_qkv = qkv.clone()
+    dirty_qkv[~mask] = poison  # padded Q, K and V positions
+    dirty = attention(dirty_qkv, heads, key_padding_mask=mask)
+    assert torch.isfinite(dirty[mask]).all()
+    assert torch.equal(dirty[mask], clean[mask])
+
+
+def test_fully_padded_sequence_returns_zeros():
+    qkv = torch.randn(2, 9, 3 * 2 * 16)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1] = False
+    qkv[1] = float("nan")
+    out = attention(qkv, 2, key_padding_mask=mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert_close(out[0], attention_reference(qkv[:1], 2)[0], atol=2e-5)
+
+
+def test_reads_strided_qkv_without_copy():
+    """A qkv view with padded rows (row stride > 3*hidden) is read in place."""
+    big = torch.randn(2, 17, 3 * 64 + 8)
+    qkv = big[..., : 3 * 64]
+    assert not qkv.is_contiguous()
+    mask = mixed_mask(2, 17)
+    out = attention(qkv, 2, key_padding_mask=mask)
+    expected = attention_reference(qkv.contiguous(), 2, key_padding_mask=mask)
+    assert_close(out[mask], expected[mask], atol=2e-5)
+
+
+def test_unsupported_inputs_are_named(monkeypatch):
+    with pytest.raises(ValueError, match=r"head_dim 48 .* supported: \(16, 32, 64, 128\)"):
+        attention(torch.randn(1, 4, 3 * 96), 2)
+    with pytest.raises(TypeError, match="qkv has dtype torch.int32"):
+        attention(torch.zeros(1, 4, 3 * 64, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="last-dimension stride 2"):
+        attention(torch.randn(1, 4, 3 * 64 * 2)[..., ::2], 2)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="qkv is a CPU tensor"):
+        attention(torch.randn(1, 4, 3 * 64), 2)
+
+
+def test_dispatch_and_custom_op():
+    qkv = torch.randn(2, 5, 3 * 64)
+    via_ops = ops.attention(qkv, 2, backend="triton")
+    via_library = torch.ops.bertfast.triton_attention(qkv, 2, None, None, None)
+    assert_close(via_ops, via_library, atol=0)
+    torch.library.opcheck(
+        torch.ops.bertfast.triton_attention.default,
+        (qkv, 2, torch.ones(2, 5, dtype=torch.bool), None, None),
+        test_utils=("test_schema", "test_faketensor"),
+    )
