@@ -273,7 +273,8 @@ class BertModel(nn.Module):
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
         if device is None or torch.device(device).type != "meta":
-            ops.resolve_backend(backend, device)  # fail now, with the reason, if it cannot run
+            # Fail now, with the reason, if it cannot run; import its kernels while at it.
+            ops.load_kernels(ops.resolve_backend(backend, device))
         self.config = config
         self.requested_backend = backend
         kw = dict(device=device, dtype=dtype)
@@ -315,7 +316,9 @@ class BertModel(nn.Module):
         """The backend that runs on the model's current device."""
         device = self.device
         if device not in self._resolved:
-            self._resolved[device] = ops.resolve_backend(self.requested_backend, device)
+            backend = ops.resolve_backend(self.requested_backend, device)
+            ops.load_kernels(backend)
+            self._resolved[device] = backend
         return self._resolved[device]
 
     def forward(

@@ -212,9 +212,9 @@ def load_pretrained_encoder(
     device: torch.device | str | None,
 ):
     """Build ``cls`` (a BertModel) from a Hugging Face directory."""
-    from bertfast.ops import resolve_backend
+    from bertfast.ops import load_kernels, resolve_backend
 
-    resolve_backend(backend, device)  # fail before reading weights if it cannot run
+    load_kernels(resolve_backend(backend, device))  # fail before reading weights if it cannot run
     model_dir = resolve_model_dir(name_or_path)
     config = BertConfig.from_pretrained(model_dir)
     encoder_state, _head_state = split_encoder_keys(load_state_dict(model_dir))

@@ -113,8 +113,17 @@ def resolve_backend(requested: str, device: torch.device | str | None = None) ->
     return requested
 
 
+_KERNELS: dict[tuple[str, str], Callable] = {}
+
+
 def get_kernel(op: str, backend: str) -> Callable:
-    """The launcher of ``op`` for a kernel backend: ``bertfast.<backend>.<op>.<op>``."""
+    """The launcher of ``op`` for a kernel backend: ``bertfast.<backend>.<op>.<op>``.
+
+    Cached in a plain dict so torch.compile traces the lookup without a graph break.
+    """
+    kernel = _KERNELS.get((op, backend))
+    if kernel is not None:
+        return kernel
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops: {OPS}")
     if backend not in ("triton", "cuda"):
@@ -124,7 +133,15 @@ def get_kernel(op: str, backend: str) -> Callable:
         module = importlib.import_module(f"{package}.{op}")
     except ModuleNotFoundError as exc:
         raise NotImplementedError(f"op {op!r} has no {backend} kernel ({exc})") from exc
-    return getattr(module, op)
+    kernel = _KERNELS[(op, backend)] = getattr(module, op)
+    return kernel
+
+
+def load_kernels(backend: str) -> None:
+    """Import every kernel of a backend now, so that no import happens inside a trace."""
+    if backend in ("triton", "cuda"):
+        for op in OPS:
+            get_kernel(op, backend)
 
 
 from bertfast.ops.attention import attention, attention_reference  # noqa: E402
@@ -152,5 +169,6 @@ __all__ = [
     "embedding_layer_norm",
     "embedding_layer_norm_reference",
     "get_kernel",
+    "load_kernels",
     "resolve_backend",
 ]
