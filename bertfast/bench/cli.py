@@ -1,0 +1,113 @@
+"""The ``bench`` subcommand: ``bertfast bench``, ``python -m bertfast.bench``, benchmarks/run.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bertfast.bench.settings import CONFIG_NAMES, DTYPES, E2E_BACKENDS
+
+DESCRIPTION = """\
+Benchmark bertfast against Hugging Face transformers (eager, SDPA, torch.compile) on the same
+weights and inputs: an end-to-end grid (time, tokens/s, TFLOP/s, fraction of the measured
+matmul ceiling, speedup, error against an fp32 reference) and kernel micro-benchmarks. Writes
+results.json, results.md and PNG plots. See benchmarks/README.md for the columns."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small grid and fewer repeats (GPU: < 4 min)"
+    )
+    parser.add_argument(
+        "--output",
+        help="folder for the results (default: benchmarks/results/<device-tag>); with --plot, "
+        "where the plots go (default: beside the file)",
+    )
+    parser.add_argument("--configs", nargs="+", metavar="NAME", help=", ".join(CONFIG_NAMES))
+    parser.add_argument("--batches", nargs="+", type=int, metavar="B")
+    parser.add_argument("--seqs", nargs="+", type=int, metavar="S")
+    parser.add_argument(
+        "--dtypes", nargs="+", metavar="DTYPE", help=f"{', '.join(DTYPES)} (GPU default bf16 fp16)"
+    )
+    parser.add_argument(
+        "--backends", nargs="+", metavar="NAME", help=f"default all: {', '.join(E2E_BACKENDS)}"
+    )
+    parser.add_argument(
+        "--varlen",
+        nargs="+",
+        metavar="BxS",
+        help="variable-length shapes (mean fill 50%%) for every config, or 'none' "
+        "(default: one per config at the largest batch and seq)",
+    )
+    parser.add_argument(
+        "--no-kernels", action="store_true", help="skip the kernel micro-benchmarks"
+    )
+    parser.add_argument(
+        "--compile-on-cpu", action="store_true", help="run the hf-compile baseline on the CPU too"
+    )
+    parser.add_argument("--rep-ms", type=float, help="measuring time per row, in ms")
+    parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
+    parser.add_argument(
+        "--plot", metavar="RESULTS_JSON", help="only draw the plots of an existing results file"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite (or only draw plots) as the parsed arguments say."""
+    from bertfast.bench.report import plot_results
+
+    if args.plot:
+        for path in plot_results(args.plot, args.output):
+            print(path)
+        return 0
+    from bertfast.bench.settings import make_settings
+    from bertfast.bench.suite import device_tag, run_suite
+
+    settings = make_settings(
+        device=args.device,
+        quick=args.quick,
+        configs=args.configs,
+        batches=args.batches,
+        seqs=args.seqs,
+        dtypes=args.dtypes,
+        backends=args.backends,
+        varlen=args.varlen,
+        kernels=not args.no_kernels,
+        compile_on_cpu=args.compile_on_cpu,
+        rep_ms=args.rep_ms,
+        seed=args.seed,
+    )
+    output = args.output or Path("benchmarks") / "results" / device_tag(settings.device)
+    run_suite(settings, output)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to the main ``bertfast`` CLI."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark against Hugging Face transformers",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The subcommand on its own, for ``python -m bertfast.bench`` and benchmarks/run.py."""
+    parser = argparse.ArgumentParser(
+        prog="bertfast bench",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"bertfast bench: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,269 @@
+"""The end-to-end grid: every backend on the same inputs, timed and checked against fp32.
+
+Work counted per sequence of s real tokens (forward pass, 2 FLOP per multiply-add):
+``2·L·(4·H² + 2·H·I)·s`` in the linear layers (= 24·L·H²·s when I = 4H) plus ``4·L·H·s²`` in
+attention (QKᵀ and PV), so a padded batch is credited with its real tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from bertfast.bench.runners import RUNNERS, Inputs, ModelSource, Runner, make_inputs
+from bertfast.bench.settings import DTYPES, VARLEN_FILL, BenchSettings, Case
+from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
+from bertfast.config import BertConfig
+
+# testing.md: a low-precision output may be 3x as far from the fp32 reference as HF's SDPA
+# model in the same dtype is, plus a tiny atol (fp32 paths: the 1e-4 bound).
+ERR_RULE_FACTOR = 3.0
+
+
+def err_atol(dtype: str) -> float:
+    return 1e-4 if dtype == "fp32" else torch.finfo(DTYPES[dtype]).eps
+
+
+def model_flops(config: BertConfig, lengths: list[int]) -> float:
+    """Forward FLOPs of the encoder layers over sequences of these real lengths."""
+    layers, h, i = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    linear = 2 * layers * (4 * h * h + 2 * h * i)
+    return float(sum(linear * s + 4 * layers * h * s * s for s in lengths))
+
+
+def max_abs_err(
+    out: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None
+) -> float | None:
+    """Max |out - reference| over real tokens; None when the output holds NaN or inf."""
+    diff = out.float() - reference
+    if mask is not None:
+        diff = diff[mask.bool()]
+    err = diff.abs().max().item()
+    return err if math.isfinite(err) else None
+
+
+def skip_entry(backend: str, reason: str, config: str | None = None, **where) -> dict:
+    """A row that was not measured, and why; None fields mean "every one"."""
+    entry = {"kind": "e2e", "backend": backend, "config": config, "case": None}
+    entry.update({"batch": None, "seq": None, "dtype": None})
+    entry.update(where)
+    entry["reason"] = reason
+    return entry
+
+
+def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
+    if name == "hf-compile" and device.type == "cpu" and not settings.compile_on_cpu:
+        return "torch.compile runs on the GPU by default (pass --compile-on-cpu)"
+    return RUNNERS[name].unavailable_reason(device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def measure_row(
+    runner: Runner,
+    inputs: list[Inputs],
+    reference: torch.Tensor,
+    device: torch.device,
+    settings: BenchSettings,
+) -> tuple[Timing, float | None, float]:
+    """(timing, max_abs_err of the first call's output, that first call's seconds)."""
+    runner.start_case()
+    with torch.inference_mode():
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = runner(inputs[0])
+        synchronize(device)
+        first_call_s = time.perf_counter() - t0
+        err = max_abs_err(out, reference, inputs[0].attention_mask)
+        del out
+        n = len(inputs)
+        timing = benchmark(lambda i: runner(inputs[i % n]), device, settings.timer)
+    return timing, err, first_call_s
+
+
+def make_row(
+    backend: str,
+    case: Case,
+    dtype: str,
+    config: BertConfig,
+    lengths: list[int],
+    timing: Timing,
+    err: float | None,
+    runner: Runner,
+    first_call_s: float,
+    ceilings: dict,
+) -> dict:
+    tokens = sum(lengths)
+    flops = model_flops(config, lengths)
+    seconds = timing.median_ms * 1e-3
+    ceiling = ceilings["matmul_tflops"].get(dtype)
+    tflops = flops / seconds / 1e12
+    return {
+        "backend": backend,
+        "config": case.config,
+        "case": case.kind,
+        "batch": case.batch,
+        "seq": case.seq,
+        "dtype": dtype,
+        "fill": tokens / (case.batch * case.seq),
+        "tokens": tokens,
+        "padding_free": bool(runner.padding_free),
+        "median_ms": timing.median_ms,
+        "p10_ms": timing.p10_ms,
+        "p90_ms": timing.p90_ms,
+        "repeats": timing.repeats,
+        "tokens_per_s": tokens / seconds,
+        "gflop": flops / 1e9,
+        "tflops": tflops,
+        "frac_ceiling": tflops / ceiling if ceiling else None,
+        "floor_ms": flops / (ceiling * 1e12) * 1e3 if ceiling else None,
+        "speedup_vs_hf_sdpa": None,
+        "speedup_vs_padded": None,
+        "max_abs_err": err,
+        "err_ratio": None,
+        "within_rule": None,
+        "compile_s": first_call_s if runner.compiles else None,
+    }
+
+
+def finish_rows(rows: list[dict]) -> None:
+    """Fill in what compares rows: speedups, error ratios and the 3x rule."""
+    by_key = {
+        (r["backend"], r["config"], r["case"], r["batch"], r["seq"], r["dtype"]): r for r in rows
+    }
+    for r in rows:
+        shape = (r["config"], r["case"], r["batch"], r["seq"], r["dtype"])
+        sdpa = by_key.get(("hf-sdpa", *shape))
+        if sdpa is not None:
+            r["speedup_vs_hf_sdpa"] = sdpa["median_ms"] / r["median_ms"]
+            if r["max_abs_err"] is None:
+                r["within_rule"] = False
+            elif sdpa["max_abs_err"] is not None:
+                if sdpa["max_abs_err"] > 0:
+                    r["err_ratio"] = r["max_abs_err"] / sdpa["max_abs_err"]
+                bound = ERR_RULE_FACTOR * sdpa["max_abs_err"] + err_atol(r["dtype"])
+                r["within_rule"] = r["max_abs_err"] <= bound
+        if r["case"] == "varlen":
+            dense = by_key.get(
+                (r["backend"], r["config"], "dense", r["batch"], r["seq"], r["dtype"])
+            )
+            if dense is not None:
+                r["speedup_vs_padded"] = dense["median_ms"] / r["median_ms"]
+
+
+def run_e2e(
+    settings: BenchSettings, ceilings: dict, log: Callable[[str], None]
+) -> tuple[list[dict], list[dict]]:
+    """Measure the grid; returns (rows, skipped)."""
+    device = torch.device(settings.device)
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    active = []
+    for name in settings.backends:
+        reason = _unavailable(name, device, settings)
+        if reason is None:
+            active.append(name)
+        else:
+            skipped.append(skip_entry(name, reason))
+            log(f"skip {name}: {reason}")
+    if "hf-compile" in active and settings.compile_cases is not None:
+        labels = ", ".join(c.label for c in settings.compile_cases) or "no case"
+        reason = f"--quick compiles only {labels}"
+        skipped.append(skip_entry("hf-compile", reason))
+        log(f"note: {reason}")
+
+    for config_name in settings.configs:
+        try:
+            source = ModelSource.load(config_name, device, settings.seed)
+        except ImportError as exc:
+            skipped.append(skip_entry("all", _first_line(exc), config=config_name))
+            log(f"skip config {config_name}: {_first_line(exc)}")
+            continue
+        runners: dict[tuple[str, str], Runner | None] = {}
+        for case in (c for c in settings.cases if c.config == config_name):
+            inputs, lengths = make_inputs(
+                source.config, case, VARLEN_FILL, settings.timer.n_inputs, settings.seed, device
+            )
+            reference = source.reference(inputs[0])
+            for dtype in settings.dtypes:
+                for backend in active:
+                    if backend == "hf-compile" and settings.compile_cases is not None:
+                        if case not in settings.compile_cases:
+                            continue
+                    runner = _runner(runners, source, backend, dtype, skipped, log)
+                    if runner is None:
+                        continue
+                    where = dict(case=case.kind, batch=case.batch, seq=case.seq, dtype=dtype)
+                    try:
+                        timing, err, first_s = measure_row(
+                            runner, inputs, reference, device, settings
+                        )
+                    except NotImplementedError as exc:
+                        # A missing kernel fails every case alike: say so once.
+                        runners[backend, dtype] = None
+                        reason = _first_line(exc)
+                        skipped.append(skip_entry(backend, reason, config_name, dtype=dtype))
+                        log(f"skip {backend} {config_name} {dtype}: {reason}")
+                        continue
+                    except Exception as exc:  # one failing case must not end the run
+                        empty_cache(device)
+                        reason = _first_line(exc)
+                        skipped.append(skip_entry(backend, reason, config_name, **where))
+                        log(f"skip {backend} {case.label} {dtype}: {reason}")
+                        continue
+                    row = make_row(
+                        backend,
+                        case,
+                        dtype,
+                        source.config,
+                        lengths,
+                        timing,
+                        err,
+                        runner,
+                        first_s,
+                        ceilings,
+                    )
+                    rows.append(row)
+                    log(_progress(case, row))
+        del source, runners
+        empty_cache(device)
+    finish_rows(rows)
+    return rows, skipped
+
+
+def _runner(
+    runners: dict[tuple[str, str], Runner | None],
+    source: ModelSource,
+    backend: str,
+    dtype: str,
+    skipped: list[dict],
+    log: Callable[[str], None],
+) -> Runner | None:
+    """The cached runner of (backend, dtype); None (recorded in skipped) if it cannot be built."""
+    key = (backend, dtype)
+    if key not in runners:
+        try:
+            runners[key] = RUNNERS[backend].build(source, DTYPES[dtype])
+        except Exception as exc:
+            runners[key] = None
+            reason = _first_line(exc)
+            skipped.append(skip_entry(backend, reason, source.name, dtype=dtype))
+            log(f"skip {backend} {source.name} {dtype}: {reason}")
+    return runners[key]
+
+
+def _progress(case: Case, row: dict) -> str:
+    err = "nan/inf" if row["max_abs_err"] is None else f"{row['max_abs_err']:.2e}"
+    text = (
+        f"{case.label} {row['dtype']} {row['backend']}: {row['median_ms']:.3f} ms "
+        f"(p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f}, n={row['repeats']}) err {err}"
+    )
+    if row["compile_s"] is not None:
+        text += f", compile {row['compile_s']:.1f} s"
+    return text

@@ -1,0 +1,265 @@
+"""Results files: the JSON of record, the Markdown table, and plots drawn from the JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bertfast.bench.settings import E2E_BACKENDS
+
+E2E_COLUMNS = [
+    ("backend", "backend", "s"),
+    ("config", "config", "s"),
+    ("case", "case", "s"),
+    ("batch", "batch", "d"),
+    ("seq", "seq", "d"),
+    ("dtype", "dtype", "s"),
+    ("fill", "fill", ".2f"),
+    ("median_ms", "median ms", ".4g"),
+    ("p10_ms", "p10 ms", ".4g"),
+    ("p90_ms", "p90 ms", ".4g"),
+    ("tokens_per_s", "tokens/s", ",.0f"),
+    ("tflops", "TFLOP/s", ".3g"),
+    ("frac_ceiling", "of matmul ceiling", "%"),
+    ("speedup_vs_hf_sdpa", "× hf-sdpa", ".2f"),
+    ("speedup_vs_padded", "× padded", ".2f"),
+    ("max_abs_err", "max abs err", ".2e"),
+    ("err_ratio", "err ratio", ".2f"),
+    ("within_rule", "within 3× rule", "b"),
+    ("compile_s", "compile s", ".1f"),
+]
+KERNEL_COLUMNS = [
+    ("op", "op", "s"),
+    ("backend", "backend", "s"),
+    ("variant", "variant", "s"),
+    ("batch", "batch", "d"),
+    ("seq", "seq", "d"),
+    ("dtype", "dtype", "s"),
+    ("median_ms", "median ms", ".4g"),
+    ("p10_ms", "p10 ms", ".4g"),
+    ("p90_ms", "p90 ms", ".4g"),
+    ("gbps", "GB/s", ".1f"),
+    ("tflops", "TFLOP/s", ".3g"),
+    ("frac_ceiling", "of ceiling", "%"),
+    ("speedup_vs_baseline", "× baseline", ".2f"),
+    ("baseline", "baseline", "s"),
+    ("max_abs_err", "max abs err", ".2e"),
+]
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: store None instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results file; ValueError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no results file at {str(path)!r}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    missing = [k for k in ("rows", "kernel_rows", "skipped", "ceilings") if k not in data]
+    if missing:
+        raise ValueError(f"{path} is not a bertfast bench results file (missing {missing})")
+    return data
+
+
+def _cell(value, spec: str) -> str:
+    if value is None or value == "":
+        return "–"
+    if spec == "s":
+        return str(value)
+    if spec == "b":
+        return "yes" if value else "**NO**"
+    if spec == "%":
+        return f"{100 * value:.1f} %"
+    return format(value, spec)
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(title for _, title, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(key), spec) for key, _, spec in columns) + " |")
+    return lines
+
+
+def _where(entry: dict) -> str:
+    keys = ("op", "config", "case", "variant", "batch", "seq", "dtype")
+    parts = [f"{k} {entry[k]}" for k in keys if entry.get(k) not in (None, "")]
+    return ", ".join(parts) if parts else "every case"
+
+
+def render_markdown(results: dict) -> str:
+    """The results as Markdown: a header with the machine and ceilings, then one table each."""
+    device = results.get("device", {})
+    versions = results.get("versions", {})
+    ceilings = results["ceilings"]
+    commit = results.get("git_commit") or "unknown"
+    if results.get("git_dirty"):
+        commit += " (with uncommitted changes)"
+    lines = [
+        f"# bertfast benchmark: {device.get('name', '?')}",
+        "",
+        f"{results.get('created', '')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        + f"; commit {commit}",
+        "",
+        f"Ceilings measured in this run: copy {ceilings['copy_gbps']:.1f} GB/s (bytes read + "
+        f"written); matmul {ceilings['matmul_n']}³ "
+        + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in ceilings["matmul_tflops"].items())
+        + ".",
+        "",
+        "## End to end (last_hidden_state; error against HF eager in fp32, real tokens only)",
+        "",
+        *_table(results["rows"], E2E_COLUMNS),
+    ]
+    if results["kernel_rows"]:
+        lines += [
+            "",
+            "## Kernels (BERT-base shapes)",
+            "",
+            *_table(results["kernel_rows"], KERNEL_COLUMNS),
+        ]
+    if results["skipped"]:
+        lines += ["", "## Skipped", ""]
+        for s in results["skipped"]:
+            lines.append(f"- {s.get('kind', 'e2e')} `{s['backend']}` ({_where(s)}): {s['reason']}")
+    if "elapsed_s" in results:
+        lines += ["", f"Run took {results['elapsed_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _backend_order(names: set[str]) -> list[str]:
+    known = [b for b in E2E_BACKENDS if b in names]
+    return known + sorted(names - set(known))
+
+
+def _case_label(r: dict) -> str:
+    return f"{r['config']} b{r['batch']}×s{r['seq']}" + (" varlen" if r["case"] == "varlen" else "")
+
+
+def _bars(ax, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    for j, (name, values) in enumerate(series.items()):
+        offset = (j - (len(series) - 1) / 2) * width
+        ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(len(series), 4))
+
+
+def _e2e_figure(results: dict, key: str, ylabel: str, title: str, hline: float | None):
+    from matplotlib.figure import Figure
+
+    rows = results["rows"]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    labels_by_dtype = {
+        d: list(dict.fromkeys(_case_label(r) for r in rows if r["dtype"] == d)) for d in dtypes
+    }
+    widest = max((len(v) for v in labels_by_dtype.values()), default=1)
+    fig = Figure(
+        figsize=(max(6.0, 0.6 * widest + 2), 4.2 * max(len(dtypes), 1)), layout="constrained"
+    )
+    axes = fig.subplots(max(len(dtypes), 1), 1, squeeze=False)[:, 0]
+    for ax, dtype in zip(axes, dtypes, strict=False):
+        labels = labels_by_dtype[dtype]
+        backends = _backend_order({r["backend"] for r in rows if r["dtype"] == dtype})
+        value = {(r["backend"], _case_label(r)): r[key] for r in rows if r["dtype"] == dtype}
+        series = {
+            b: [math.nan if value.get((b, c)) is None else value[b, c] for c in labels]
+            for b in backends
+        }
+        _bars(ax, labels, series, ylabel)
+        if hline is not None:
+            ax.axhline(hline, color="black", linewidth=0.8)
+        ax.set_title(f"{title} ({dtype}, {results.get('device', {}).get('name', '')})", fontsize=10)
+    return fig
+
+
+def _kernel_figure(results: dict):
+    from matplotlib.figure import Figure
+
+    rows = results["kernel_rows"]
+    op_names = list(dict.fromkeys(r["op"] for r in rows))
+    fig = Figure(figsize=(10, 3.6 * len(op_names)), layout="constrained")
+    axes = fig.subplots(len(op_names), 1, squeeze=False)[:, 0]
+    for ax, op in zip(axes, op_names, strict=True):
+        op_rows = [r for r in rows if r["op"] == op]
+        labels = list(dict.fromkeys(f"b{r['batch']}×s{r['seq']} {r['dtype']}" for r in op_rows))
+        names = list(dict.fromkeys(f"{r['backend']} {r['variant']}".strip() for r in op_rows))
+        value = {
+            (
+                f"{r['backend']} {r['variant']}".strip(),
+                f"b{r['batch']}×s{r['seq']} {r['dtype']}",
+            ): r["frac_ceiling"]
+            for r in op_rows
+        }
+        series = {
+            n: [math.nan if value.get((n, c)) is None else value[n, c] for c in labels]
+            for n in names
+        }
+        _bars(ax, labels, series, "fraction of ceiling")
+        metric = op_rows[0]["metric"]
+        ceiling = "matmul" if metric == "TFLOP/s" else "copy"
+        ax.set_title(f"{op}: {metric} / measured {ceiling} ceiling", fontsize=10)
+    return fig
+
+
+def plot_results(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw the PNG plots of a results file (into out_dir, default: beside the file)."""
+    results = load_results(path)
+    out = Path(out_dir) if out_dir is not None else Path(path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if results["rows"]:
+        figures.append(
+            (
+                "speedup.png",
+                _e2e_figure(
+                    results,
+                    "speedup_vs_hf_sdpa",
+                    "speedup over hf-sdpa",
+                    "Speedup over HF SDPA",
+                    1.0,
+                ),
+            )
+        )
+        figures.append(
+            (
+                "floor.png",
+                _e2e_figure(
+                    results,
+                    "frac_ceiling",
+                    "compute floor / measured time",
+                    "Fraction of the compute floor (measured matmul ceiling)",
+                    None,
+                ),
+            )
+        )
+    if results["kernel_rows"]:
+        figures.append(("kernels.png", _kernel_figure(results)))
+    written = []
+    for name, fig in figures:
+        fig.savefig(out / name, dpi=110)
+        written.append(out / name)
+    return written

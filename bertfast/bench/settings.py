@@ -1,0 +1,237 @@
+"""What one benchmark run measures: the grid of cases, dtypes, backends and timing budgets.
+
+``make_settings`` turns the command line's choices into a ``BenchSettings``: defaults depend on
+the device (small shapes and fp32 on the CPU) and on ``quick``. Giving configs, batches or seqs
+replaces the default grid with their product.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+# Names a run can ask for: the presets of BertConfig, MiniLM's real checkpoint, and "tiny".
+CONFIG_NAMES = ("bert-base", "bert-large", "minilm", "transformer-base", "tiny")
+# Backends of the end-to-end grid, in table order (bertfast.bench.runners.RUNNERS builds them).
+E2E_BACKENDS = (
+    "hf-eager",
+    "hf-sdpa",
+    "hf-compile",
+    "bertfast-torch",
+    "bertfast-triton",
+    "bertfast-cuda",
+)
+MAX_SEQ = 512  # max_position_embeddings of every config above
+VARLEN_FILL = 0.5  # mean fill of the variable-length cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One end-to-end shape: a config, a batch of ``batch`` rows of at most ``seq`` tokens."""
+
+    config: str
+    batch: int
+    seq: int
+    varlen: bool = False  # lengths drawn so the mean fill is VARLEN_FILL, padded to seq
+
+    @property
+    def kind(self) -> str:
+        return "varlen" if self.varlen else "dense"
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} b{self.batch}×s{self.seq}" + (" varlen" if self.varlen else "")
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """How hard to time: warm-up calls, a time budget per measurement, rotated input sets."""
+
+    warmup: int
+    rep_ms: float  # target measuring time; repeats = rep_ms / (estimated time of one call)
+    min_reps: int
+    max_reps: int
+    n_inputs: int  # distinct input sets cycled through, so caches do not flatter
+    flush_l2: bool  # zero a 256 MiB buffer before each timed call (GPU only)
+
+
+@dataclass
+class BenchSettings:
+    """Everything a run needs to know; stored in the results file under ``settings``."""
+
+    device: str
+    quick: bool
+    cases: list[Case]
+    dtypes: list[str]
+    backends: list[str]
+    compile_cases: list[Case] | None  # None: compile every case
+    kernel_shapes: list[tuple[int, int]]  # (batch, seq) of the kernel micro-benchmarks
+    timer: TimerSettings
+    compile_on_cpu: bool = False
+    seed: int = 0
+    configs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "quick": self.quick,
+            "cases": [c.label for c in self.cases],
+            "dtypes": self.dtypes,
+            "backends": self.backends,
+            "compile_cases": None
+            if self.compile_cases is None
+            else [c.label for c in self.compile_cases],
+            "kernel_shapes": [list(s) for s in self.kernel_shapes],
+            "timer": self.timer.__dict__,
+            "compile_on_cpu": self.compile_on_cpu,
+            "seed": self.seed,
+            "varlen_fill": VARLEN_FILL,
+        }
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"32x512"`` -> (32, 512)."""
+    try:
+        batch, seq = (int(p) for p in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"shape {text!r} is not BATCHxSEQ (for example 32x512)") from None
+    return batch, seq
+
+
+def _timer(gpu: bool, quick: bool) -> TimerSettings:
+    if gpu:
+        if quick:
+            return TimerSettings(5, 150.0, 10, 200, 4, True)
+        return TimerSettings(10, 500.0, 25, 1000, 4, True)
+    if quick:
+        return TimerSettings(1, 300.0, 5, 20, 2, False)
+    return TimerSettings(2, 1000.0, 5, 100, 2, False)
+
+
+# (on a GPU, quick) -> the configs, batches and seqs whose product is the default grid
+AXES: dict[tuple[bool, bool], tuple[list[str], list[int], list[int]]] = {
+    (True, False): (["bert-base", "bert-large", "minilm"], [1, 8, 32], [128, 384, 512]),
+    (True, True): (["bert-base"], [1, 32], [128]),
+    (False, False): (["transformer-base", "minilm", "bert-base"], [1, 8], [32, 128]),
+    (False, True): (["transformer-base", "minilm"], [2], [32]),
+}
+# The GPU's --quick grid is not a product: the goal cases of perf-targets.md.
+QUICK_GPU_CASES = [
+    Case("bert-base", 32, 128),
+    Case("bert-base", 1, 128),
+    Case("bert-large", 8, 384),
+    Case("bert-base", 32, 512),  # the padded cost beside the varlen case
+    Case("bert-base", 32, 512, varlen=True),
+]
+
+
+def _grid(configs: list[str], batches: list[int], seqs: list[int], quick: bool) -> list[Case]:
+    """Every dense case, then a varlen case at the largest shape (its dense twin is above)."""
+    dense = [Case(c, b, s) for c, b, s in itertools.product(configs, batches, seqs)]
+    varlen_configs = configs[:1] if quick else configs
+    return dense + [Case(c, max(batches), max(seqs), varlen=True) for c in varlen_configs]
+
+
+def make_settings(
+    device: str | None = None,
+    quick: bool = False,
+    configs: list[str] | None = None,
+    batches: list[int] | None = None,
+    seqs: list[int] | None = None,
+    dtypes: list[str] | None = None,
+    backends: list[str] | None = None,
+    varlen: list[str] | None = None,
+    kernels: bool = True,
+    compile_on_cpu: bool = False,
+    rep_ms: float | None = None,
+    seed: int = 0,
+) -> BenchSettings:
+    """Settings for a run; raises ValueError naming any choice that cannot be honoured.
+
+    ``varlen`` lists BATCHxSEQ shapes run with variable lengths for every config (``["none"]``
+    for no varlen case); by default each config gets one at its largest batch and seq.
+    """
+    from bertfast.bench.runners import RUNNERS
+
+    device = device or default_device()
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but torch sees no CUDA GPU")
+    gpu = dev.type == "cuda"
+
+    for name in configs or []:
+        if name not in CONFIG_NAMES:
+            raise ValueError(f"unknown config {name!r}; choose from {', '.join(CONFIG_NAMES)}")
+    for value, what in [(b, "batch") for b in batches or []] + [(s, "seq") for s in seqs or []]:
+        if value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value}")
+    for s in seqs or []:
+        if s > MAX_SEQ:
+            raise ValueError(f"seq {s} exceeds the configs' max_position_embeddings ({MAX_SEQ})")
+    if not dtypes:
+        dtypes = (["bf16"] if quick else ["bf16", "fp16"]) if gpu else ["fp32"]
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    backends = backends or [b for b in E2E_BACKENDS if b in RUNNERS]
+    for b in backends:
+        if b not in RUNNERS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(RUNNERS)}")
+
+    if gpu and quick and not (configs or batches or seqs):
+        cases = list(QUICK_GPU_CASES)
+    else:
+        default_configs, default_batches, default_seqs = AXES[gpu, quick]
+        cases = _grid(
+            configs or default_configs, batches or default_batches, seqs or default_seqs, quick
+        )
+    # --quick compiles one case only: torch.compile takes tens of seconds per shape.
+    compile_cases = [c for c in cases if not c.varlen][:1] if quick else None
+    if varlen is not None:
+        cases = [c for c in cases if not c.varlen]
+        if varlen != ["none"]:
+            shapes = [parse_shape(v) for v in varlen]
+            for _, seq in shapes:
+                if seq > MAX_SEQ:
+                    raise ValueError(f"varlen seq {seq} exceeds {MAX_SEQ}")
+            configs_in_grid = list(dict.fromkeys(c.config for c in cases))
+            cases += [Case(c, b, s, varlen=True) for c in configs_in_grid for b, s in shapes]
+
+    if not kernels:
+        kernel_shapes = []
+    elif gpu:
+        kernel_shapes = [(32, 128), (8, 512)] if quick else [(1, 128), (32, 128), (32, 512)]
+    else:
+        kernel_shapes = [(2, 32)]
+
+    timer = _timer(gpu, quick)
+    if rep_ms is not None:
+        if rep_ms <= 0:
+            raise ValueError(f"rep_ms must be positive, got {rep_ms}")
+        timer = TimerSettings(**{**timer.__dict__, "rep_ms": float(rep_ms)})
+    return BenchSettings(
+        device=str(dev),
+        quick=quick,
+        cases=cases,
+        dtypes=list(dtypes),
+        backends=list(backends),
+        compile_cases=compile_cases,
+        kernel_shapes=kernel_shapes,
+        timer=timer,
+        compile_on_cpu=compile_on_cpu,
+        seed=seed,
+        configs=list(dict.fromkeys(c.config for c in cases)),
+    )

@@ -1,0 +1,149 @@
+"""One benchmark run: the machine, its ceilings, the end-to-end grid, the kernels, the files."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import bertfast
+from bertfast import ops
+from bertfast.bench.e2e import run_e2e
+from bertfast.bench.kernels import run_kernels
+from bertfast.bench.report import plot_results, render_markdown, write_json
+from bertfast.bench.settings import BenchSettings
+from bertfast.bench.timing import measure_ceilings
+
+SCHEMA_VERSION = 1
+
+
+class Progress:
+    """Prints a progress line with the seconds since the run began."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", flush=True)
+
+
+def device_tag(device: str) -> str:
+    """A folder name for a device: ``cpu``, or the GPU's name (``h100-80gb-hbm3``)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev.type
+    slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(dev).lower()).strip("-")
+    return slug.removeprefix("nvidia-") or "cuda"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    root = Path(bertfast.__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """The machine and software a run measured (BERTFAST_GIT_COMMIT names the commit where the
+    checkout has no .git, as on a device copy)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info = {
+            "type": "cuda",
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+        }
+    else:
+        info = {"type": device.type, "name": _cpu_name(), "threads": torch.get_num_threads()}
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain")) if commit else None
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": info,
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "transformers": _version("transformers"),
+            "bertfast": bertfast.__version__,
+        },
+        "git_commit": commit or os.environ.get("BERTFAST_GIT_COMMIT"),
+        "git_dirty": dirty,
+    }
+
+
+def run_suite(
+    settings: BenchSettings,
+    output: str | Path,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Measure everything the settings ask for; write results.json, results.md and the plots."""
+    if _version("transformers") is None:
+        raise ValueError(
+            "the benchmark needs transformers for its baselines and reference: "
+            "pip install 'bertfast[bench]'"
+        )
+    log = log or Progress()
+    started = time.perf_counter()
+    device = torch.device(settings.device)
+    results: dict = {"schema": SCHEMA_VERSION, **environment(device)}
+    results["settings"] = settings.to_dict()
+    results["backend_report"] = ops.backend_report(device)
+    log(
+        f"bertfast bench on {results['device']['name']}: {len(settings.cases)} cases, "
+        f"dtypes {settings.dtypes}, backends {settings.backends}"
+    )
+    ceilings = measure_ceilings(device, settings.dtypes, settings.timer, log)
+    rows, skipped = run_e2e(settings, ceilings, log)
+    kernel_rows, kernel_skipped = run_kernels(settings, ceilings, log)
+    results.update(
+        ceilings=ceilings,
+        rows=rows,
+        kernel_rows=kernel_rows,
+        skipped=skipped + kernel_skipped,
+        elapsed_s=time.perf_counter() - started,
+    )
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(results, out / "results.json")
+    (out / "results.md").write_text(render_markdown(results))
+    written = [json_path, out / "results.md"]
+    try:
+        written += plot_results(json_path, out)
+    except ImportError as exc:
+        log(f"no plots: {exc} (pip install matplotlib)")
+    log("wrote " + ", ".join(str(p) for p in written))
+    return results

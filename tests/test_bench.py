@@ -1,0 +1,249 @@
+"""The benchmark suite on the CPU: schema, errors against the reference, Markdown, plots.
+
+Nothing here asserts a timing: the numbers of a shared CPU mean nothing.
+"""
+
+import argparse
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from bertfast.bench import (
+    cli,
+    load_results,
+    make_settings,
+    plot_results,
+    render_markdown,
+    run_suite,
+)
+from bertfast.bench import runners as bench_runners
+from bertfast.bench.e2e import finish_rows, model_flops
+from bertfast.bench.runners import Runner, RunnerSpec, varlen_lengths
+from bertfast.config import BertConfig
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROW_FIELDS = {
+    "backend",
+    "config",
+    "case",
+    "batch",
+    "seq",
+    "dtype",
+    "fill",
+    "tokens",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "tokens_per_s",
+    "tflops",
+    "frac_ceiling",
+    "speedup_vs_hf_sdpa",
+    "max_abs_err",
+    "err_ratio",
+    "within_rule",
+    "compile_s",
+}
+KERNEL_FIELDS = {"op", "backend", "median_ms", "gbps", "tflops", "frac_ceiling", "max_abs_err"}
+
+
+class OffsetRunner(Runner):
+    """A deliberately wrong backend: bertfast's torch path plus 0.1 everywhere."""
+
+    def __init__(self, inner: Runner):
+        self.inner = inner
+
+    def __call__(self, inputs):
+        return self.inner(inputs) + 0.1
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    """One small run (tiny config, dense and varlen) with the wrong backend added."""
+    out = tmp_path_factory.mktemp("bench")
+
+    def build_wrong(source, dtype):
+        return OffsetRunner(bench_runners.RUNNERS["bertfast-torch"].build(source, dtype))
+
+    lines = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(bench_runners.RUNNERS, "wrong", RunnerSpec(build_wrong))
+        settings = make_settings(
+            device="cpu",
+            quick=True,
+            configs=["tiny"],
+            batches=[2],
+            seqs=[16],
+            backends=["hf-eager", "hf-sdpa", "bertfast-torch", "bertfast-cuda", "wrong"],
+            varlen=["3x16"],
+            rep_ms=10,
+        )
+        results = run_suite(settings, out, log=lines.append)
+    return results, out, lines
+
+
+def test_results_file_has_the_schema(suite_run):
+    results, out, lines = suite_run
+    data = load_results(out / "results.json")
+    for key in ("device", "versions", "git_commit", "ceilings", "settings", "backend_report"):
+        assert key in data
+    assert {"torch", "transformers", "bertfast", "triton"} <= set(data["versions"])
+    assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"]["fp32"] > 0
+    backends = {(r["backend"], r["case"]) for r in data["rows"]}
+    for name in ("hf-eager", "hf-sdpa", "bertfast-torch", "wrong"):
+        assert {(name, "dense"), (name, "varlen")} <= backends
+    for row in data["rows"]:
+        assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
+        assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+    assert data["kernel_rows"]
+    for row in data["kernel_rows"]:
+        assert KERNEL_FIELDS <= set(row)
+    # A backend that cannot run is listed with its reason, not dropped.
+    cuda = [s for s in data["skipped"] if s["backend"] == "bertfast-cuda"]
+    assert cuda and all(s["reason"] for s in cuda)
+    assert any("hf-sdpa" in line for line in lines)  # progress was reported
+
+
+def test_varlen_rows_count_real_tokens(suite_run):
+    results, _, _ = suite_run
+    row = next(r for r in results["rows"] if r["case"] == "varlen" and r["backend"] == "hf-sdpa")
+    lengths = varlen_lengths(3, 16, 0.5, seed=0)
+    assert row["tokens"] == sum(lengths) and row["fill"] == pytest.approx(sum(lengths) / 48)
+    config = BertConfig(**bench_runners.TINY)
+    assert row["gflop"] == pytest.approx(model_flops(config, lengths) / 1e9)
+
+
+def test_errors_are_measured_against_the_reference(suite_run):
+    results, _, _ = suite_run
+    for row in results["rows"]:
+        if row["backend"] == "wrong":
+            assert row["max_abs_err"] > 0.09
+            assert row["within_rule"] is False
+        else:
+            assert row["max_abs_err"] < 1e-4
+            assert row["within_rule"] is True
+        if row["backend"] == "hf-sdpa":
+            assert row["speedup_vs_hf_sdpa"] == 1.0
+
+
+def test_markdown_table_has_every_row(suite_run):
+    results, out, _ = suite_run
+    text = (out / "results.md").read_text()
+    assert text == render_markdown(results)
+    lines = text.splitlines()
+    for row in results["rows"]:
+        head = f"| {row['backend']} | {row['config']} | {row['case']} | {row['batch']} | "
+        head += f"{row['seq']} | {row['dtype']} |"
+        assert sum(line.startswith(head) for line in lines) == 1, head
+    for row in results["kernel_rows"]:
+        head = f"| {row['op']} | {row['backend']} | {row['variant'] or '–'} | {row['batch']} |"
+        assert any(line.startswith(head) for line in lines), head
+    assert "**NO**" in text  # the wrong backend fails the 3x rule in the table too
+
+
+def _small_results() -> dict:
+    row = {
+        "backend": "hf-sdpa",
+        "config": "tiny",
+        "case": "dense",
+        "batch": 2,
+        "seq": 16,
+        "dtype": "fp32",
+        "median_ms": 2.0,
+        "speedup_vs_hf_sdpa": 1.0,
+        "frac_ceiling": 0.3,
+    }
+    fast = {**row, "backend": "bertfast-triton", "median_ms": 1.0, "speedup_vs_hf_sdpa": 2.0}
+    varlen = {**fast, "case": "varlen", "speedup_vs_hf_sdpa": None, "frac_ceiling": None}
+    kernel = {
+        "op": "bias_gelu",
+        "backend": "torch-ref",
+        "variant": "",
+        "batch": 2,
+        "seq": 16,
+        "dtype": "fp32",
+        "metric": "GB/s",
+        "frac_ceiling": 0.5,
+    }
+    return {
+        "device": {"name": "test device"},
+        "ceilings": {"copy_gbps": 10.0, "matmul_n": 8, "matmul_tflops": {"fp32": 1.0}},
+        "rows": [row, fast, varlen],
+        "kernel_rows": [kernel],
+        "skipped": [],
+    }
+
+
+def test_plots_are_drawn_from_a_results_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_small_results()))
+    written = plot_results(path, tmp_path / "plots")
+    assert {p.name for p in written} == {"speedup.png", "floor.png", "kernels.png"}
+    for p in written:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+    # The command draws them too, beside the file by default.
+    assert cli.main(["--plot", str(path)]) == 0
+    assert (tmp_path / "speedup.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plot_rejects_a_file_that_is_not_results(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not a bertfast bench results file"):
+        plot_results(path)
+
+
+def test_three_times_rule():
+    base = {"config": "c", "case": "dense", "batch": 1, "seq": 8, "dtype": "bf16"}
+    sdpa = {**base, "backend": "hf-sdpa", "median_ms": 2.0, "max_abs_err": 0.01}
+    close = {**base, "backend": "a", "median_ms": 1.0, "max_abs_err": 0.025}
+    far = {**base, "backend": "b", "median_ms": 1.0, "max_abs_err": 0.05}
+    nan = {**base, "backend": "c", "median_ms": 1.0, "max_abs_err": None}
+    rows = [sdpa, close, far, nan]
+    finish_rows(rows)
+    assert close["within_rule"] is True and close["err_ratio"] == pytest.approx(2.5)
+    assert far["within_rule"] is False
+    assert nan["within_rule"] is False
+    assert close["speedup_vs_hf_sdpa"] == 2.0
+
+
+def test_flops_match_perf_targets():
+    base = BertConfig.preset("bert-base")
+    # perf-targets.md: 169.9 M linear FLOP/token, 4.7 M attention FLOP/token at S = 128.
+    assert model_flops(base, [1]) == pytest.approx(169.9e6 + 4 * 12 * 768, rel=1e-3)
+    assert model_flops(base, [128] * 32) / 1e9 == pytest.approx(715, rel=2e-3)
+
+
+@pytest.mark.parametrize("batch,seq", [(32, 512), (8, 128), (3, 7), (1, 128)])
+def test_varlen_lengths_are_seeded_and_half_full(batch, seq):
+    lengths = varlen_lengths(batch, seq, 0.5, seed=0)
+    assert lengths == varlen_lengths(batch, seq, 0.5, seed=0)
+    assert all(1 <= n <= seq for n in lengths)
+    assert sum(lengths) == round(0.5 * batch * seq)
+
+
+def test_settings_reject_unknown_choices():
+    with pytest.raises(ValueError, match="unknown config"):
+        make_settings(device="cpu", configs=["bert-huge"])
+    with pytest.raises(ValueError, match="unknown dtype"):
+        make_settings(device="cpu", dtypes=["fp8"])
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_settings(device="cpu", backends=["onnx"])
+    with pytest.raises(ValueError, match="exceeds"):
+        make_settings(device="cpu", seqs=[1024])
+
+
+def test_cpu_quick_grid_records_the_baselines():
+    settings = make_settings(device="cpu", quick=True)
+    assert {"hf-eager", "hf-sdpa", "bertfast-torch"} <= set(settings.backends)
+    assert settings.dtypes == ["fp32"]
+    assert any(c.varlen for c in settings.cases)
+    assert all(c.batch * c.seq <= 64 for c in settings.cases)
+
+
+def test_register_adds_the_bench_subcommand():
+    parser = argparse.ArgumentParser(prog="bertfast")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--device", "cpu", "--dtypes", "fp32"])
+    assert args.func is cli.run and args.quick and args.dtypes == ["fp32"]
