@@ -26,6 +26,8 @@ class BertModelOutput:
 
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor | None = None
+    # With output_hidden_states=True: the embeddings' output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
     def to_tuple(self) -> tuple:
         return tuple(
@@ -328,15 +330,19 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
     ) -> BertModelOutput | tuple:
         backend = self.backend
         input_ids, mask, token_type_ids, position_ids, has_padding = prepare_inputs(
             self.config, input_ids, attention_mask, token_type_ids, position_ids, self.device
         )
+        all_hidden: list[torch.Tensor] = []
         if backend == "torch":
             hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
             key_padding_mask = mask if has_padding else None
             for layer in self.layers:
+                if output_hidden_states:
+                    all_hidden.append(hidden)
                 hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
         else:
             if self.training and torch.is_grad_enabled():
@@ -356,6 +362,8 @@ class BertModel(nn.Module):
                 backend,
             )
             for layer in self.layers:
+                if output_hidden_states:
+                    all_hidden.append(packed.unpack(hidden))
                 hidden = layer(
                     hidden, backend, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen
                 )
@@ -363,7 +371,8 @@ class BertModel(nn.Module):
         pooled = None
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(hidden[:, 0]))
-        output = BertModelOutput(hidden, pooled)
+        hidden_states = (*all_hidden, hidden) if output_hidden_states else None
+        output = BertModelOutput(hidden, pooled, hidden_states)
         return output if return_dict else output.to_tuple()
 
     # Checkpoints ---------------------------------------------------------------------------

@@ -60,6 +60,21 @@ def test_minilm_parity(minilm_dir):
     assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
 
 
+def test_output_hidden_states(tmp_path):
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="torch")
+    ids, types, mask = _batch(99)
+    ours = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    with torch.no_grad():
+        ref = hf(
+            input_ids=ids, token_type_ids=types, attention_mask=mask, output_hidden_states=True
+        )
+    assert len(ours.hidden_states) == len(ref.hidden_states) == 3
+    for a, b in zip(ours.hidden_states, ref.hidden_states, strict=True):
+        assert max_abs_error(a, b, mask) <= PARITY_TOL
+    assert ours.hidden_states[-1] is ours.last_hidden_state
+
+
 def test_padded_batch_equals_each_sequence_alone(tmp_path):
     path, hf = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="torch")

@@ -39,8 +39,14 @@ def test_random_checkpoint_parity(tmp_path, config):
     ids, types, mask = _batch(hf.config.vocab_size, seq=29, type_vocab=hf.config.type_vocab_size)
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
-    out = model(ids, attention_mask=mask, token_type_ids=types)
+    out = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
     assert max_abs_error(out.last_hidden_state, ref.last_hidden_state, mask) <= 1e-4
+    with torch.no_grad():
+        ref_states = hf(
+            input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True
+        ).hidden_states
+    for a, b in zip(out.hidden_states, ref_states, strict=True):
+        assert max_abs_error(a, b, mask) <= 1e-4
     assert max_abs_error(out.pooler_output, ref.pooler_output) <= 1e-4
     # Padding is removed after the embeddings and put back as zeros at the output.
     padded = out.last_hidden_state[~mask.bool()]
