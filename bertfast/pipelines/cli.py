@@ -1,0 +1,188 @@
+"""Task subcommands of the ``bertfast`` command: fill-mask, nsp, classify, ner, qa.
+
+Every task needs head weights that the bundled all-MiniLM-L6-v2 (a bare encoder) lacks, so
+``--model`` (a local Hugging Face checkpoint directory with the head) is required.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bertfast.cli import add_model_arguments, default_device, parse_dtype
+from bertfast.pipelines import pipeline
+from bertfast.pipelines.token_classification import AGGREGATION_STRATEGIES
+
+MODEL_NOTE = (
+    "--model is a local checkpoint directory saved from the matching transformers class "
+    "(the bundled all-MiniLM-L6-v2 has no task heads)"
+)
+
+
+def _load(task: str, args: argparse.Namespace, **kwargs: Any):
+    return pipeline(
+        task,
+        model=args.model,
+        backend=args.backend,
+        device=default_device(args.device),
+        dtype=parse_dtype(args.dtype),
+        **kwargs,
+    )
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("give at least one text (as arguments or one per line on stdin)")
+    return texts
+
+
+def _print_json(result: Any) -> None:
+    print(json.dumps(result, ensure_ascii=False))
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    fill = _load("fill-mask", args)
+    results = fill(texts, top_k=args.top_k, targets=args.target)
+    results = [results] if len(texts) == 1 else results  # a list of one gives its result alone
+    if args.json:
+        _print_json(results if len(texts) > 1 else results[0])
+        return 0
+    for text, result in zip(texts, results, strict=True):
+        print(text)
+        per_mask = result if result and isinstance(result[0], list) else [result]
+        for m, predictions in enumerate(per_mask):
+            if len(per_mask) > 1:
+                print(f"  mask {m}:")
+            for p in predictions:
+                print(f"  {p['score']:.4f}  {p['token_str']:<15s} {p['sequence']}")
+    return 0
+
+
+def cmd_nsp(args: argparse.Namespace) -> int:
+    result = _load("next-sentence", args)((args.sentence_a, args.sentence_b))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"is_next {result['is_next']:.4f}  not_next {result['not_next']:.4f}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    if args.pair is not None:
+        if len(texts) != 1:
+            raise ValueError("--pair goes with exactly one text")
+        inputs = [{"text": texts[0], "text_pair": args.pair}]
+    else:
+        inputs = texts
+    classify = _load("text-classification", args)
+    top_k = None if args.all else args.top_k
+    results = classify(
+        inputs, top_k=top_k, function_to_apply=args.function, truncation=args.truncate
+    )
+    if args.json:
+        _print_json(results if len(inputs) > 1 else results[0])
+        return 0
+    for item, ranked in zip(texts, results, strict=True):
+        print(item if args.pair is None else f"{item} || {args.pair}")
+        for r in ranked:
+            print(f"  {r['score']:.4f}  {r['label']}")
+    return 0
+
+
+def cmd_ner(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    ner = _load("token-classification", args, aggregation_strategy=args.aggregation)
+    results = ner(texts)
+    if args.json:
+        _print_json(results if len(texts) > 1 else results[0])
+        return 0
+    for text, entities in zip(texts, results, strict=True):
+        print(text)
+        if not entities:
+            print("  (no entities)")
+        for e in entities:
+            label = e.get("entity_group", e.get("entity"))
+            print(f"  {label:<10s} {e['score']:.4f}  {e['word']!r} [{e['start']}:{e['end']}]")
+    return 0
+
+
+def cmd_qa(args: argparse.Namespace) -> int:
+    if (args.context is None) == (args.context_file is None):
+        raise ValueError("give exactly one of --context and --context-file")
+    context = args.context
+    if args.context_file is not None:
+        with open(args.context_file, encoding="utf-8") as f:
+            context = f.read()
+    qa = _load("question-answering", args)
+    answers = qa(
+        question=args.question,
+        context=context,
+        top_k=args.top_k,
+        max_answer_len=args.max_answer_len,
+        doc_stride=args.doc_stride,
+        max_seq_len=args.max_seq_len,
+        handle_impossible_answer=args.handle_impossible_answer,
+    )
+    answers = answers if isinstance(answers, list) else [answers]
+    if args.json:
+        _print_json(answers if args.top_k > 1 else answers[0])
+        return 0
+    for a in answers:
+        shown = repr(a["answer"]) if a["answer"] else "(no answer)"
+        print(f"{a['score']:.4f}  {shown} [{a['start']}:{a['end']}]")
+    return 0
+
+
+def _texts_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("texts", nargs="*", help=f"{what} (default: one per line on stdin)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the task subcommands to the ``bertfast`` parser."""
+
+    def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(
+            name, help=help_text, description=f"{help_text}. {MODEL_NOTE}."
+        )
+        add_model_arguments(parser, None)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.set_defaults(func=func)
+        return parser
+
+    fill = add("fill-mask", "predict the tokens at [MASK]", cmd_fill_mask)
+    _texts_argument(fill, "texts with [MASK]")
+    fill.add_argument("--top-k", type=int, default=5)
+    fill.add_argument(
+        "--target", action="append", help="only score this token (repeat for several)"
+    )
+
+    nsp = add("nsp", "probability that sentence B follows sentence A", cmd_nsp)
+    nsp.add_argument("sentence_a")
+    nsp.add_argument("sentence_b")
+
+    classify = add("classify", "label texts or a text pair (sentiment, NLI ...)", cmd_classify)
+    _texts_argument(classify, "texts to classify")
+    classify.add_argument("--pair", help="second text of a pair (e.g. NLI hypothesis)")
+    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument("--all", action="store_true", help="show every label")
+    classify.add_argument("--function", choices=("softmax", "sigmoid", "none"), default=None)
+    classify.add_argument("--truncate", action="store_true", help="cut over-long inputs")
+
+    ner = add("ner", "named entities (token classification)", cmd_ner)
+    _texts_argument(ner, "texts to tag")
+    ner.add_argument("--aggregation", choices=AGGREGATION_STRATEGIES, default="simple")
+
+    qa = add("qa", "extract the answer to a question from a context", cmd_qa)
+    qa.add_argument("--question", required=True)
+    qa.add_argument("--context")
+    qa.add_argument("--context-file", help="read the context from this file")
+    qa.add_argument("--top-k", type=int, default=1)
+    qa.add_argument("--max-answer-len", type=int, default=15)
+    qa.add_argument("--doc-stride", type=int, default=None)
+    qa.add_argument("--max-seq-len", type=int, default=None)
+    qa.add_argument("--handle-impossible-answer", action="store_true")
