@@ -60,9 +60,14 @@ def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> st
     return RUNNERS[name].unavailable_reason(device)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """A failure in one line: its type, first line and (for a traceback-like text) last line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(lines) > 1:
+        text += f" … {lines[-1]}"
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def measure_row(
@@ -182,8 +187,8 @@ def run_e2e(
         try:
             source = ModelSource.load(config_name, device, settings.seed)
         except ImportError as exc:
-            skipped.append(skip_entry("all", _first_line(exc), config=config_name))
-            log(f"skip config {config_name}: {_first_line(exc)}")
+            skipped.append(skip_entry("all", describe_error(exc), config=config_name))
+            log(f"skip config {config_name}: {describe_error(exc)}")
             continue
         runners: dict[tuple[str, str], Runner | None] = {}
         for case in (c for c in settings.cases if c.config == config_name):
@@ -207,13 +212,13 @@ def run_e2e(
                     except NotImplementedError as exc:
                         # A missing kernel fails every case alike: say so once.
                         runners[backend, dtype] = None
-                        reason = _first_line(exc)
+                        reason = describe_error(exc)
                         skipped.append(skip_entry(backend, reason, config_name, dtype=dtype))
                         log(f"skip {backend} {config_name} {dtype}: {reason}")
                         continue
                     except Exception as exc:  # one failing case must not end the run
                         empty_cache(device)
-                        reason = _first_line(exc)
+                        reason = describe_error(exc)
                         skipped.append(skip_entry(backend, reason, config_name, **where))
                         log(f"skip {backend} {case.label} {dtype}: {reason}")
                         continue
@@ -252,7 +257,7 @@ def _runner(
             runners[key] = RUNNERS[backend].build(source, DTYPES[dtype])
         except Exception as exc:
             runners[key] = None
-            reason = _first_line(exc)
+            reason = describe_error(exc)
             skipped.append(skip_entry(backend, reason, source.name, dtype=dtype))
             log(f"skip {backend} {source.name} {dtype}: {reason}")
     return runners[key]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bertfast import ops
-from bertfast.bench.e2e import max_abs_err
+from bertfast.bench.e2e import describe_error, max_abs_err
 from bertfast.bench.runners import RUNNERS, fp32_reference_precision
 from bertfast.bench.settings import DTYPES, BenchSettings
 from bertfast.bench.timing import benchmark, empty_cache, synchronize
@@ -268,8 +268,7 @@ def _first_call(cand: Candidate, x: dict, device: torch.device) -> torch.Tensor 
             synchronize(device)
             return out
         except Exception as exc:
-            lines = str(exc).strip().splitlines()
-            reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            reason = describe_error(exc)
             why = "; ".join(str(w.message).strip().splitlines()[0] for w in caught[:2])
             return f"{reason} ({why})" if why else reason
 

@@ -55,7 +55,10 @@ def _git(*args: str) -> str | None:
     root = Path(bertfast.__file__).resolve().parents[1]
     try:
         done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            ["git", "-c", f"safe.directory={root}", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
