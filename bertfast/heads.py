@@ -346,9 +346,6 @@ class _TiedDecoderMixin:
         if self._tied:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.cls.predictions.decoder
-
     def _adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = dict(state)
         # Old checkpoints store the output bias (also) as the decoder's bias.
@@ -381,7 +378,13 @@ class BertForMaskedLM(_TiedDecoderMixin, BertPreTrainedHead):
     head_prefixes = ("cls.predictions.",)
     ignored_prefixes = ("cls.seq_relationship.",)
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(config, backend, device, dtype)
         self.cls = BertOnlyMLMHead(config, device, dtype)
         self.tie_weights()
@@ -419,7 +422,13 @@ class BertForNextSentencePrediction(BertPreTrainedHead):
     head_prefixes = ("cls.seq_relationship.",)
     ignored_prefixes = ("cls.predictions.",)
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(config, backend, device, dtype)
         self.cls = BertOnlyNSPHead(config, device, dtype)
         if device is None or torch.device(device).type != "meta":
@@ -448,7 +457,13 @@ class BertForPreTraining(_TiedDecoderMixin, BertPreTrainedHead):
 
     head_prefixes = ("cls.predictions.", "cls.seq_relationship.")
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(config, backend, device, dtype)
         self.cls = BertPreTrainingHeads(config, device, dtype)
         self.tie_weights()
@@ -488,7 +503,13 @@ class BertForSequenceClassification(BertPreTrainedHead):
 
     head_prefixes = ("classifier.",)
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(config, backend, device, dtype)
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(
@@ -550,7 +571,13 @@ class BertForTokenClassification(BertPreTrainedHead):
     add_pooling_layer = False
     head_prefixes = ("classifier.",)
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(config, backend, device, dtype)
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(
@@ -585,7 +612,13 @@ class BertForQuestionAnswering(BertPreTrainedHead):
     add_pooling_layer = False
     head_prefixes = ("qa_outputs.",)
 
-    def __init__(self, config, backend="auto", device=None, dtype=None):
+    def __init__(
+        self,
+        config: BertConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         if config.num_labels != 2:
             raise ValueError(
                 f"question answering needs num_labels == 2 (start, end), config has "
@@ -625,16 +658,3 @@ class BertForQuestionAnswering(BertPreTrainedHead):
             ) / 2
         out = QuestionAnsweringModelOutput(loss, start_logits, end_logits)
         return out if return_dict else out.to_tuple()
-
-
-HEADS: dict[str, type[BertPreTrainedHead]] = {
-    cls.__name__: cls
-    for cls in (
-        BertForMaskedLM,
-        BertForNextSentencePrediction,
-        BertForPreTraining,
-        BertForSequenceClassification,
-        BertForTokenClassification,
-        BertForQuestionAnswering,
-    )
-}

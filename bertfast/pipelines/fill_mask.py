@@ -9,6 +9,7 @@ import torch
 
 from bertfast.heads import BertForMaskedLM
 from bertfast.pipelines.base import Pipeline, check_positive_int, check_text, softmax
+from bertfast.tokenizer import BertTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class FillMaskPipeline(Pipeline):
     task = "fill-mask"
     head_class = BertForMaskedLM
 
-    def __init__(self, model, tokenizer, batch_size: int = 32):
+    def __init__(self, model: BertForMaskedLM, tokenizer: BertTokenizer, batch_size: int = 32):
         super().__init__(model, tokenizer, batch_size)
         if tokenizer.mask_token_id is None:
             raise ValueError(f"the tokenizer has no mask token ({tokenizer.mask_token!r})")

@@ -11,6 +11,7 @@ import torch
 from bertfast.heads import BertForTokenClassification
 from bertfast.pipelines.base import Pipeline, check_text
 from bertfast.pipelines.text_classification import label_name, np_softmax
+from bertfast.tokenizer import BertTokenizer
 
 AGGREGATION_STRATEGIES = ("none", "simple", "first", "average", "max")
 Entity = dict[str, Any]
@@ -40,7 +41,13 @@ class TokenClassificationPipeline(Pipeline):
     task = "token-classification"
     head_class = BertForTokenClassification
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, aggregation_strategy: str = "none"):
+    def __init__(
+        self,
+        model: BertForTokenClassification,
+        tokenizer: BertTokenizer,
+        batch_size: int = 32,
+        aggregation_strategy: str = "none",
+    ):
         super().__init__(model, tokenizer, batch_size)
         self.aggregation_strategy = self._check_strategy(aggregation_strategy)
 
