@@ -128,6 +128,8 @@ def render_markdown(results: dict) -> str:
         + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in ceilings["matmul_tflops"].items())
         + ".",
         "",
+        _settings_line(results.get("settings", {})),
+        "",
         "## End to end (last_hidden_state; error against HF eager in fp32, real tokens only)",
         "",
         *_table(results["rows"], E2E_COLUMNS),
@@ -146,6 +148,19 @@ def render_markdown(results: dict) -> str:
     if "elapsed_s" in results:
         lines += ["", f"Run took {results['elapsed_s']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _settings_line(settings: dict) -> str:
+    if not settings:
+        return ""
+    timer = settings.get("timer", {})
+    return (
+        f"Settings: {'--quick' if settings.get('quick') else 'full grid'}; backends "
+        f"{', '.join(settings.get('backends', []))}; median of repeats filling "
+        f"{timer.get('rep_ms', '?')} ms after {timer.get('warmup', '?')} warm-up calls, "
+        f"{timer.get('n_inputs', '?')} input sets rotated"
+        + (", L2 flushed before each call." if timer.get("flush_l2") else ".")
+    )
 
 
 def _backend_order(names: set[str]) -> list[str]:

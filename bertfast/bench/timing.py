@@ -84,11 +84,25 @@ def _time_calls_cpu(fn: Callable[[int], object], reps: int) -> list[float]:
     return times
 
 
-def benchmark(fn: Callable[[int], object], device: torch.device, timer: TimerSettings) -> Timing:
-    """Time ``fn(i)``, the work on input set ``i % n_inputs`` (``fn`` does the modulo)."""
+def benchmark(
+    fn: Callable[[int], object],
+    device: torch.device,
+    timer: TimerSettings,
+    warmup_ms: float = 0.0,
+) -> Timing:
+    """Time ``fn(i)``, the work on input set ``i % n_inputs`` (``fn`` does the modulo).
+
+    Warm-up runs ``timer.warmup`` calls and, with ``warmup_ms``, until that much time passed
+    (for a GPU whose clocks must ramp up first).
+    """
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for i in range(timer.warmup):
+        t0 = time.perf_counter()
+        i = 0
+        while i < timer.warmup or (time.perf_counter() - t0) * 1e3 < warmup_ms:
             fn(i)
+            i += 1
+            if i % 8 == 0:
+                synchronize(device)  # keep the host's clock in step with the device
         synchronize(device)
         # A few calls to estimate how many fit in the time budget.
         t0 = time.perf_counter()
@@ -110,34 +124,40 @@ def measure_ceilings(
     """The copy bandwidth (GB/s, bytes read + written) and the matmul rate (TFLOP/s) per dtype.
 
     GPU: a 1 GiB device-to-device copy and 8192^3 matmuls; CPU: 64 MiB and 1024^3, so the
-    results file has the same fields everywhere.
+    results file has the same fields everywhere. The operands dwarf any cache, so no L2 flush;
+    on a GPU a quarter second of warm-up first lets the clocks settle.
     """
     gpu = device.type == "cuda"
+    timer = TimerSettings(**{**timer.__dict__, "flush_l2": False})
     copy_elems = (1 << 28) if gpu else (1 << 24)  # fp32 elements: 1 GiB / 64 MiB
+    warmup_ms = 250.0 if gpu else 0.0
     moved = 2 * copy_elems * 4
     ceilings: dict = {
         "copy_bytes": moved,
-        "copy_gbps": moved / (_copy_ms(copy_elems, device, timer) * 1e-3) / 1e9,
+        "copy_gbps": moved / (_copy_ms(copy_elems, device, timer, warmup_ms) * 1e-3) / 1e9,
         "matmul_n": 8192 if gpu else 1024,
         "matmul_tflops": {},
     }
     log(f"ceiling: copy {ceilings['copy_gbps']:.1f} GB/s ({moved / 1e9:.2f} GB read + written)")
     n = ceilings["matmul_n"]
     for name in dtypes:
-        tflops = 2 * n**3 / (_matmul_ms(n, DTYPES[name], device, timer) * 1e-3) / 1e12
+        ms = _matmul_ms(n, DTYPES[name], device, timer, warmup_ms)
+        tflops = 2 * n**3 / (ms * 1e-3) / 1e12
         ceilings["matmul_tflops"][name] = tflops
         log(f"ceiling: {name} matmul {n}^3 {tflops:.2f} TFLOP/s")
     empty_cache(device)
     return ceilings
 
 
-def _copy_ms(elems: int, device: torch.device, timer: TimerSettings) -> float:
+def _copy_ms(elems: int, device: torch.device, timer: TimerSettings, warmup_ms: float) -> float:
     src = torch.randn(elems, device=device)
     dst = torch.empty_like(src)
-    return benchmark(lambda i: dst.copy_(src), device, timer).median_ms
+    return benchmark(lambda i: dst.copy_(src), device, timer, warmup_ms).median_ms
 
 
-def _matmul_ms(n: int, dtype: torch.dtype, device: torch.device, timer: TimerSettings) -> float:
+def _matmul_ms(
+    n: int, dtype: torch.dtype, device: torch.device, timer: TimerSettings, warmup_ms: float
+) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return benchmark(lambda i: a @ b, device, timer).median_ms
+    return benchmark(lambda i: a @ b, device, timer, warmup_ms).median_ms
