@@ -562,7 +562,8 @@ void attention(std::uintptr_t out, std::uintptr_t qkv, std::uintptr_t mask,
                long long stride_out_token, long long stride_mask_batch, int dtype, int device,
                std::uintptr_t stream) {
   const bool packed = cu_seqlens != 0;
-  dispatch_head_dim(head_dim, [](auto) {});  // reject an unsupported head_dim first
+  check_dtype_code(dtype);
+  dispatch_head_dim(head_dim, [](auto) {});  // rejects an unsupported head_dim
   if (packed && mask != 0) {
     throw_invalid("attention: pass either a key-padding mask (padded form) or cu_seqlens "
                   "(packed form), not both");

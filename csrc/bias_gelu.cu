@@ -58,6 +58,7 @@ void bias_gelu(std::uintptr_t out, std::uintptr_t x, std::uintptr_t bias, long l
     throw_invalid("bias_gelu: rows and cols must be >= 0, got rows=" + std::to_string(rows) +
                   " cols=" + std::to_string(cols));
   }
+  check_dtype_code(dtype);
   if (rows == 0 || cols == 0) return;
   if (cols > 0x7fffffffLL) throw_invalid("bias_gelu: rows longer than 2^31-1 elements");
   set_device(device);

@@ -83,6 +83,7 @@ void bias_residual_layer_norm(std::uintptr_t out, std::uintptr_t x, std::uintptr
                   std::to_string(rows) + " hidden=" + std::to_string(hidden));
   }
   if (rows > 0x7fffffffLL) throw_invalid("bias_residual_layer_norm: more than 2^31-1 rows");
+  check_dtype_code(dtype);
   if (rows == 0) return;
   set_device(device);
   check_device_pointer("out", out, device);

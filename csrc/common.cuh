@@ -112,16 +112,22 @@ inline const char* dtype_name(int code) {
   }
 }
 
+// Launchers check their arguments (this among them) before touching the device.
+inline void check_dtype_code(int code) {
+  if (code != kFloat32 && code != kFloat16 && code != kBFloat16) {
+    throw_invalid("dtype code " + std::to_string(code) +
+                  " is not supported; supported: 0 (float32), 1 (float16), 2 (bfloat16)");
+  }
+}
+
 // Call f(T{}) with T the element type of a dtype code.
 template <typename F>
 inline void dispatch_float(int code, F&& f) {
+  check_dtype_code(code);
   switch (code) {
     case kFloat32: f(float{}); break;
     case kFloat16: f(__half{}); break;
-    case kBFloat16: f(__nv_bfloat16{}); break;
-    default:
-      throw_invalid("dtype code " + std::to_string(code) +
-                    " is not supported; supported: 0 (float32), 1 (float16), 2 (bfloat16)");
+    default: f(__nv_bfloat16{}); break;
   }
 }
 

@@ -88,6 +88,7 @@ void embedding_layer_norm(std::uintptr_t out, std::uintptr_t input_ids,
                   std::to_string(tokens) + " hidden=" + std::to_string(hidden));
   }
   if (tokens > 0x7fffffffLL) throw_invalid("embedding_layer_norm: more than 2^31-1 tokens");
+  check_dtype_code(dtype);
   if (tokens == 0) return;
   set_device(device);
   check_device_pointer("out", out, device);
