@@ -75,6 +75,21 @@ class PackedBatch:
         return out.view(self.batch, self.seq, *packed.shape[1:])
 
 
+class _ZeroRowGradient(torch.autograd.Function):
+    """Identity whose backward zeroes one row: nn.Embedding(padding_idx)'s rule for the fused op."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, row: int) -> torch.Tensor:
+        ctx.row = row
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        grad[ctx.row] = 0
+        return grad, None
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig, device=None, dtype=None):
         super().__init__()
@@ -87,11 +102,14 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids, position_ids, backend: str) -> torch.Tensor:
+        words = self.word_embeddings.weight
+        if words.requires_grad and torch.is_grad_enabled():
+            words = _ZeroRowGradient.apply(words, self.word_embeddings.padding_idx)
         out = ops.embedding_layer_norm(
             input_ids,
             token_type_ids,
             position_ids,
-            self.word_embeddings.weight,
+            words,
             self.position_embeddings.weight,
             self.token_type_embeddings.weight,
             self.layer_norm.weight,

@@ -599,7 +599,19 @@ class BertTokenizer:
                         pad_token=self.pad_token,
                         length=max_length if padding_strategy == "max_length" else None,
                     )
-                return self._tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens)
+                try:
+                    return self._tokenizer.encode_batch(
+                        batch, add_special_tokens=add_special_tokens
+                    )
+                except BaseException as err:
+                    # The Rust side panics (a BaseException, not an Exception) when the stride
+                    # leaves a truncation window no room to advance.
+                    if type(err).__name__ != "PanicException":
+                        raise
+                    raise ValueError(
+                        f"stride {stride} is too large for max_length {max_length}: each "
+                        "overflowing window must advance; use a smaller stride"
+                    ) from None
             except Exception as err:
                 # tokenizers reports truncation problems (e.g. only_second on an input without a
                 # pair, or a sequence too short to cut) as a bare Exception, and only when an input

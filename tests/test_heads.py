@@ -185,11 +185,6 @@ def test_loss_and_gradients_match_transformers(checkpoints, name):
             assert_close(param.grad, hf_grads[key].grad, what=f"{name} {key} grad")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="encoder gap (bertfast/model.py, not the heads): the fused embedding op gathers the "
-    "table directly, so the padding row gets a gradient that nn.Embedding(padding_idx) zeroes",
-)
 def test_padding_row_gets_no_embedding_gradient(checkpoints):
     _, path = checkpoints["BertForQuestionAnswering"]
     model = heads.BertForQuestionAnswering.from_pretrained(path, backend="torch").train()

@@ -632,3 +632,14 @@ def test_padding_without_pad_token_in_vocab_raises(minilm_dir, tmp_path):
     assert tok(["a", "b c"])["input_ids"] == [[101, 1037, 102], [101, 1038, 1039, 102]]
     with pytest.raises(ValueError, match="cannot pad: pad token '<nopad>'"):
         tok(["a", "b c"], padding=True)
+
+
+def test_encode_with_offsets_stride_too_large_is_a_value_error(ours):
+    with pytest.raises(ValueError, match="stride 15 is too large for max_length 20"):
+        ours.encode_with_offsets(
+            "what is this?",
+            "a long context " * 50,
+            truncation="only_second",
+            max_length=20,
+            stride=15,
+        )
