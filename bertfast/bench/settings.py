@@ -115,7 +115,7 @@ def _timer(gpu: bool, quick: bool) -> TimerSettings:
             return TimerSettings(5, 150.0, 10, 200, 4, True)
         return TimerSettings(10, 500.0, 25, 1000, 4, True)
     if quick:
-        return TimerSettings(1, 300.0, 5, 20, 2, False)
+        return TimerSettings(1, 300.0, 3, 20, 2, False)
     return TimerSettings(2, 1000.0, 5, 100, 2, False)
 
 

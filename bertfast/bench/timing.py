@@ -92,24 +92,19 @@ def benchmark(
 ) -> Timing:
     """Time ``fn(i)``, the work on input set ``i % n_inputs`` (``fn`` does the modulo).
 
-    Warm-up runs ``timer.warmup`` calls and, with ``warmup_ms``, until that much time passed
-    (for a GPU whose clocks must ramp up first).
+    Warm-up runs ``timer.warmup`` calls (at least one) and, with ``warmup_ms``, until that much
+    time passed (for a GPU whose clocks must ramp up first); its pace sets the repeat count.
     """
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         t0 = time.perf_counter()
         i = 0
-        while i < timer.warmup or (time.perf_counter() - t0) * 1e3 < warmup_ms:
+        while i < max(timer.warmup, 1) or (time.perf_counter() - t0) * 1e3 < warmup_ms:
             fn(i)
             i += 1
             if i % 8 == 0:
                 synchronize(device)  # keep the host's clock in step with the device
         synchronize(device)
-        # A few calls to estimate how many fit in the time budget.
-        t0 = time.perf_counter()
-        for i in range(3):
-            fn(i)
-        synchronize(device)
-        estimate_ms = max((time.perf_counter() - t0) * 1e3 / 3, 1e-3)
+        estimate_ms = max((time.perf_counter() - t0) * 1e3 / i, 1e-3)
         reps = int(min(max(timer.rep_ms / estimate_ms, timer.min_reps), timer.max_reps))
         if device.type == "cuda":
             times = _time_calls_cuda(fn, device, reps, timer.flush_l2)
