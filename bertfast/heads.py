@@ -75,12 +75,16 @@ class HeadOutput:
 class MaskedLMOutput(HeadOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class NextSentencePredictorOutput(HeadOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -88,18 +92,24 @@ class BertForPreTrainingOutput(HeadOutput):
     loss: torch.Tensor | None = None
     prediction_logits: torch.Tensor | None = None
     seq_relationship_logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class SequenceClassifierOutput(HeadOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class TokenClassifierOutput(HeadOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -107,6 +117,8 @@ class QuestionAnsweringModelOutput(HeadOutput):
     loss: torch.Tensor | None = None
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
+    # With output_hidden_states=True: the encoder's embeddings output, then each layer's.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 # Head layers (Hugging Face module names) -----------------------------------------------------
@@ -289,8 +301,26 @@ class BertPreTrainedHead(nn.Module):
         resolve_backend(backend, device)  # fail before reading weights if it cannot run
         model_dir = resolve_model_dir(name_or_path)
         config = BertConfig.from_pretrained(model_dir)
-        encoder_state, head_state = split_encoder_keys(load_state_dict(model_dir))
-        cls._check_head_present(model_dir, config, head_state)
+        return cls.from_hf_state_dict(
+            config, load_state_dict(model_dir), backend, dtype, device, source=str(model_dir)
+        )
+
+    @classmethod
+    def from_hf_state_dict(
+        cls,
+        config: BertConfig,
+        hf_state: dict[str, torch.Tensor],
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        source: str = "the state dict",
+    ) -> BertPreTrainedHead:
+        """Build from Hugging Face-named weights held in memory (``bert.*`` plus head keys)."""
+        from bertfast.ops import load_kernels, resolve_backend
+
+        load_kernels(resolve_backend(backend, device))  # fail before copying weights
+        encoder_state, head_state = split_encoder_keys(hf_state)
+        cls._check_head_present(source, config, head_state)
         renamed, unexpected = hf_to_bertfast(encoder_state)
         if not cls.add_pooling_layer:
             renamed = {k: v for k, v in renamed.items() if not k.startswith("pooler.")}
@@ -307,13 +337,13 @@ class BertPreTrainedHead(nn.Module):
         return model
 
     @classmethod
-    def _check_head_present(cls, model_dir, config: BertConfig, head_state: dict) -> None:
+    def _check_head_present(cls, source: str, config: BertConfig, head_state: dict) -> None:
         """A clear error when the checkpoint has none of this head's weights (a bare encoder)."""
         if any(k.startswith(cls.head_prefixes) for k in head_state):
             return
         kind = config.extra.get("architectures") or ["an encoder without this head"]
         raise CheckpointError(
-            f"the checkpoint at {str(model_dir)!r} has no {cls.__name__} head weights (no key "
+            f"the checkpoint at {source!r} has no {cls.__name__} head weights (no key "
             f"starting with {' or '.join(cls.head_prefixes)}); it was saved as {kind}. "
             f"Pass a checkpoint saved from transformers.{cls.__name__}."
         )
@@ -399,6 +429,7 @@ class BertForMaskedLM(_TiedDecoderMixin, BertPreTrainedHead):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
         logits_positions: LogitsPositions = None,
     ) -> MaskedLMOutput | tuple:
         """Logits (batch, seq, vocab), or (n, vocab) at ``logits_positions`` when given.
@@ -407,12 +438,19 @@ class BertForMaskedLM(_TiedDecoderMixin, BertPreTrainedHead):
         pairs. With labels, the loss is over the selected positions only: equal to Hugging Face's
         loss whenever every labelled position (label != -100) is selected.
         """
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids)[0]
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = encoded.last_hidden_state
         if logits_positions is not None:
             hidden = select_positions(hidden, logits_positions)
         logits = self.cls.predictions(hidden)
         loss = None if labels is None else _mlm_loss(logits, labels, logits_positions)
-        out = MaskedLMOutput(loss, logits)
+        out = MaskedLMOutput(loss, logits, encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
@@ -442,13 +480,21 @@ class BertForNextSentencePrediction(BertPreTrainedHead):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
     ) -> NextSentencePredictorOutput | tuple:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids).pooler_output
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = encoded.pooler_output
         logits = self.cls.seq_relationship(pooled)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, 2), labels.to(logits.device).view(-1))
-        out = NextSentencePredictorOutput(loss, logits)
+        out = NextSentencePredictorOutput(loss, logits, encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
@@ -479,22 +525,31 @@ class BertForPreTraining(_TiedDecoderMixin, BertPreTrainedHead):
         labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
         logits_positions: LogitsPositions = None,
     ) -> BertForPreTrainingOutput | tuple:
         """As ``BertForMaskedLM.forward`` for ``logits_positions``; loss needs both labels."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
-        hidden = out.last_hidden_state
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = encoded.last_hidden_state
         if logits_positions is not None:
             hidden = select_positions(hidden, logits_positions)
         prediction_logits = self.cls.predictions(hidden)
-        seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)
+        seq_relationship_logits = self.cls.seq_relationship(encoded.pooler_output)
         loss = None
         if labels is not None and next_sentence_label is not None:
             nsp_labels = next_sentence_label.to(seq_relationship_logits.device).view(-1)
             loss = _mlm_loss(prediction_logits, labels, logits_positions) + F.cross_entropy(
                 seq_relationship_logits.view(-1, 2), nsp_labels
             )
-        result = BertForPreTrainingOutput(loss, prediction_logits, seq_relationship_logits)
+        result = BertForPreTrainingOutput(
+            loss, prediction_logits, seq_relationship_logits, encoded.hidden_states
+        )
         return result if return_dict else result.to_tuple()
 
 
@@ -530,11 +585,19 @@ class BertForSequenceClassification(BertPreTrainedHead):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
     ) -> SequenceClassifierOutput | tuple:
         """With labels, the loss follows ``config.problem_type``; when it is unset it is chosen
         (and stored in the config) as Hugging Face does: one label -> regression, integer labels
         -> single-label classification, otherwise multi-label."""
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids).pooler_output
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = encoded.pooler_output
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
@@ -561,7 +624,7 @@ class BertForSequenceClassification(BertPreTrainedHead):
                     f"config problem_type {self.problem_type!r} is not one of 'regression', "
                     "'single_label_classification', 'multi_label_classification'"
                 )
-        out = SequenceClassifierOutput(loss, logits)
+        out = SequenceClassifierOutput(loss, logits, encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
@@ -594,15 +657,23 @@ class BertForTokenClassification(BertPreTrainedHead):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
     ) -> TokenClassifierOutput | tuple:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids)[0]
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = encoded.last_hidden_state
         logits = self.classifier(self.dropout(hidden))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
                 logits.view(-1, self.num_labels), labels.to(logits.device).view(-1)
             )
-        out = TokenClassifierOutput(loss, logits)
+        out = TokenClassifierOutput(loss, logits, encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
@@ -638,10 +709,18 @@ class BertForQuestionAnswering(BertPreTrainedHead):
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool = False,
     ) -> QuestionAnsweringModelOutput | tuple:
         """With both positions, the loss is the mean of the start and end cross-entropies;
         positions outside the sequence are clamped to its length and ignored, as in HF."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids)[0]
+        encoded = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = encoded.last_hidden_state
         start_logits, end_logits = self.qa_outputs(hidden).unbind(-1)
         start_logits, end_logits = start_logits.contiguous(), end_logits.contiguous()
         loss = None
@@ -656,5 +735,5 @@ class BertForQuestionAnswering(BertPreTrainedHead):
                 F.cross_entropy(start_logits, starts, ignore_index=ignored_index)
                 + F.cross_entropy(end_logits, ends, ignore_index=ignored_index)
             ) / 2
-        out = QuestionAnsweringModelOutput(loss, start_logits, end_logits)
+        out = QuestionAnsweringModelOutput(loss, start_logits, end_logits, encoded.hidden_states)
         return out if return_dict else out.to_tuple()

@@ -408,6 +408,21 @@ class BertModel(nn.Module):
 
         return load_pretrained_encoder(cls, name_or_path, backend, dtype, device)
 
+    @classmethod
+    def from_hf_state_dict(
+        cls,
+        config: BertConfig,
+        hf_state: dict[str, torch.Tensor],
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> BertModel:
+        """Build from Hugging Face-named weights held in memory (``bert.`` prefix optional)."""
+        from bertfast.weights import encoder_from_hf_state_dict
+
+        ops.load_kernels(ops.resolve_backend(backend, device))
+        return encoder_from_hf_state_dict(cls, config, hf_state, backend, dtype, device)
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json and model.safetensors that ``transformers.BertModel`` loads."""
         from bertfast.weights import save_pretrained

@@ -217,7 +217,21 @@ def load_pretrained_encoder(
     load_kernels(resolve_backend(backend, device))  # fail before reading weights if it cannot run
     model_dir = resolve_model_dir(name_or_path)
     config = BertConfig.from_pretrained(model_dir)
-    encoder_state, _head_state = split_encoder_keys(load_state_dict(model_dir))
+    return encoder_from_hf_state_dict(
+        cls, config, load_state_dict(model_dir), backend, dtype, device
+    )
+
+
+def encoder_from_hf_state_dict(
+    cls: Callable,
+    config: BertConfig,
+    hf_state: dict[str, torch.Tensor],
+    backend: str,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+):
+    """Build ``cls`` (a BertModel) from Hugging Face-named weights (head keys are ignored)."""
+    encoder_state, _head_state = split_encoder_keys(hf_state)
     renamed, unexpected = hf_to_bertfast(encoder_state)
     # Checkpoints saved from heads that have no pooler (masked LM) load without one.
     has_pooler = any(k.startswith("pooler.") for k in renamed)
