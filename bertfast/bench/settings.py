@@ -8,7 +8,7 @@ replaces the default grid with their product.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -76,7 +76,11 @@ class BenchSettings:
     timer: TimerSettings
     compile_on_cpu: bool = False
     seed: int = 0
-    configs: list[str] = field(default_factory=list)
+
+    @property
+    def configs(self) -> list[str]:
+        """The configs of the grid, in order of first appearance."""
+        return list(dict.fromkeys(c.config for c in self.cases))
 
     def to_dict(self) -> dict:
         return {
@@ -207,7 +211,7 @@ def make_settings(
             for _, seq in shapes:
                 if seq > MAX_SEQ:
                     raise ValueError(f"varlen seq {seq} exceeds {MAX_SEQ}")
-            configs_in_grid = list(dict.fromkeys(c.config for c in cases))
+            configs_in_grid = dict.fromkeys(c.config for c in cases)
             cases += [Case(c, b, s, varlen=True) for c in configs_in_grid for b, s in shapes]
 
     if not kernels:
@@ -233,5 +237,4 @@ def make_settings(
         timer=timer,
         compile_on_cpu=compile_on_cpu,
         seed=seed,
-        configs=list(dict.fromkeys(c.config for c in cases)),
     )
