@@ -16,6 +16,10 @@ import torch
 
 from bertfast import ops
 from bertfast.cuda import _launch
+from bertfast.cuda import attention as attention_module
+from bertfast.cuda import bias_gelu as bias_gelu_module
+from bertfast.cuda import bias_residual_layer_norm as layer_norm_module
+from bertfast.cuda import embedding_layer_norm as embedding_module
 from bertfast.cuda.attention import attention
 from bertfast.cuda.bias_gelu import bias_gelu
 from bertfast.cuda.bias_residual_layer_norm import bias_residual_layer_norm
@@ -319,3 +323,102 @@ def test_backend_report_gives_the_cuda_reason(capsys):
     assert f"cuda    unavailable: {reason}" in printed
     with pytest.raises(RuntimeError, match="backend 'cuda' cannot run on cpu"):
         ops.resolve_backend("cuda", "cpu")
+
+
+# What the launchers hand to the extension, checked on CPU tensors with a recording stand-in.
+
+LAUNCHER_MODULES = (attention_module, bias_gelu_module, layer_norm_module, embedding_module)
+STREAM = 1234
+
+
+class _Recorder:
+    """Stands in for bertfast._cuda: records each launcher call's keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def record(**kwargs):
+            self.calls.append((name, kwargs))
+
+        return record
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    rec = _Recorder()
+    monkeypatch.setattr(_launch, "_extension", rec)
+    for module in LAUNCHER_MODULES:
+        monkeypatch.setattr(module, "check_cuda", lambda *args: None)
+        monkeypatch.setattr(
+            module, "launch_context", lambda t: (_launch.DTYPE_CODES[t.dtype], 0, STREAM)
+        )
+    return rec
+
+
+def _recorded_calls():
+    """One call of every launcher, in its main forms, through the recording stand-in."""
+    big = torch.randn(2, 5, 3 * 64 + 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    attention(big[..., : 3 * 64], 2, key_padding_mask=mask)
+    misaligned = torch.randn(7, 3 * 64 + 3, dtype=torch.float16)[:, : 3 * 64]
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    attention(misaligned, 2, cu_seqlens=cu, max_seqlen=4)
+    x = torch.randn(3, 4, 40)[:, :, :32]  # rows of 32 with a row stride of 40
+    v = torch.randn(32)
+    bias_residual_layer_norm(x, None, x, v, v, 0.5)
+    bias_gelu(x.reshape(12, 32)[:, :16], v[:16], "tanh")
+    ids = torch.tensor([[1, 2, 3]])
+    table = torch.randn(9, 32, dtype=torch.bfloat16)
+    w = v.bfloat16()
+    embedding_layer_norm(ids, ids.int(), ids, table, table, table, w, w, 1e-12)
+    return mask
+
+
+def test_launchers_pass_pointers_strides_and_stream(recorder):
+    mask = _recorded_calls()
+    calls = recorder.calls
+    assert [name for name, _ in calls] == [
+        "attention",
+        "attention",
+        "bias_residual_layer_norm",
+        "bias_gelu",
+        "embedding_layer_norm",
+    ]
+    assert all(kw["stream"] == STREAM and kw["device"] == 0 for _, kw in calls)
+    padded, packed, layer_norm, gelu, embedding = (kw for _, kw in calls)
+    # Padded fp32 view: read in place with its strides; the mask as bytes.
+    assert padded["stride_qkv_token"] == 3 * 64 + 8
+    assert padded["stride_qkv_batch"] == 5 * (3 * 64 + 8)
+    assert (padded["stride_out_batch"], padded["stride_out_token"]) == (5 * 64, 64)
+    assert (padded["batch"], padded["seq_len"], padded["max_seqlen"]) == (2, 5, 5)
+    assert (padded["num_heads"], padded["head_dim"], padded["dtype"]) == (2, 32, 0)
+    assert padded["mask"] != 0 and padded["cu_seqlens"] == 0
+    assert padded["stride_mask_batch"] == mask.shape[1]
+    # Packed fp16 rows that are not 16-byte aligned: copied into contiguous rows first.
+    assert packed["stride_qkv_token"] == 3 * 64 and packed["stride_qkv_batch"] == 0
+    assert (packed["batch"], packed["seq_len"], packed["max_seqlen"]) == (2, 0, 4)
+    assert packed["mask"] == 0 and packed["cu_seqlens"] != 0 and packed["dtype"] == 1
+    # Rows of strided x and residual; no bias is a null pointer; eps passed through.
+    assert (layer_norm["rows"], layer_norm["hidden"]) == (12, 32)
+    assert layer_norm["stride_x"] == layer_norm["stride_residual"] == 40
+    assert layer_norm["bias"] == 0 and layer_norm["eps"] == 0.5
+    assert (gelu["rows"], gelu["cols"], gelu["stride_x"], gelu["tanh"]) == (12, 16, 40, True)
+    # Mixed int32/int64 ids are read with input_ids' type.
+    assert embedding["ids_int64"] is True and embedding["dtype"] == 2
+    assert (embedding["tokens"], embedding["hidden"]) == (3, 32)
+
+
+def test_launcher_keywords_match_the_extension(built, monkeypatch):
+    """Every keyword a launcher passes is a parameter of the compiled function, and back."""
+    module = _load(built[0])
+    rec = _Recorder()
+    monkeypatch.setattr(_launch, "_extension", rec)
+    for launcher in LAUNCHER_MODULES:
+        monkeypatch.setattr(launcher, "check_cuda", lambda *args: None)
+        monkeypatch.setattr(launcher, "launch_context", lambda t: (0, 0, STREAM))
+    _recorded_calls()
+    for name, kwargs in rec.calls:
+        signature = getattr(module, name).__doc__.splitlines()[0]
+        params = re.findall(r"(\w+): ", signature.split("(", 1)[1])
+        assert sorted(params) == sorted(kwargs), f"{name}: {signature}"

@@ -50,28 +50,33 @@ def _launch(
     if qkv.dtype != torch.float32 and not _aligned_for_tensor_cores(qkv):
         qkv = qkv.clone(memory_format=torch.contiguous_format)
     if packed:
-        strides = (0, qkv.stride(0), 0, out.stride(0))
+        stride_qkv_batch, stride_qkv_token = 0, qkv.stride(0)
+        stride_out_batch, stride_out_token = 0, out.stride(0)
     else:
-        strides = (qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1))
+        stride_qkv_batch, stride_qkv_token = qkv.stride(0), qkv.stride(1)
+        stride_out_batch, stride_out_token = out.stride(0), out.stride(1)
     mask = None
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
     dtype, device, stream = launch_context(qkv)
     extension().attention(
-        out.data_ptr(),
-        qkv.data_ptr(),
-        ptr(mask),
-        ptr(cu_seqlens),
-        batch,
-        seq_len,
-        longest,
-        num_heads,
-        head_dim,
-        *strides,
-        mask.stride(0) if mask is not None else 0,
-        dtype,
-        device,
-        stream,
+        out=out.data_ptr(),
+        qkv=qkv.data_ptr(),
+        mask=ptr(mask),
+        cu_seqlens=ptr(cu_seqlens),
+        batch=batch,
+        seq_len=seq_len,
+        max_seqlen=longest,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        stride_qkv_batch=stride_qkv_batch,
+        stride_qkv_token=stride_qkv_token,
+        stride_out_batch=stride_out_batch,
+        stride_out_token=stride_out_token,
+        stride_mask_batch=mask.stride(0) if mask is not None else 0,
+        dtype=dtype,
+        device=device,
+        stream=stream,
     )
     return out
 

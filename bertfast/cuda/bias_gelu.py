@@ -29,16 +29,16 @@ def _launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> tor
         return out
     dtype, device, stream = launch_context(x)
     extension().bias_gelu(
-        out.data_ptr(),
-        rows_view.data_ptr(),
-        ptr(bias),
-        rows,
-        cols,
-        rows_view.stride(0),
-        approximate == "tanh",
-        dtype,
-        device,
-        stream,
+        out=out.data_ptr(),
+        x=rows_view.data_ptr(),
+        bias=ptr(bias),
+        rows=rows,
+        cols=cols,
+        stride_x=rows_view.stride(0),
+        tanh=approximate == "tanh",
+        dtype=dtype,
+        device=device,
+        stream=stream,
     )
     return out
 

@@ -29,20 +29,20 @@ def _launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
         return out
     dtype, device, stream = launch_context(x)
     extension().bias_residual_layer_norm(
-        out.data_ptr(),
-        x_rows.data_ptr(),
-        ptr(bias),
-        residual_rows.data_ptr(),
-        weight.data_ptr(),
-        ln_bias.data_ptr(),
-        rows,
-        hidden,
-        x_rows.stride(0),
-        residual_rows.stride(0),
-        dtype,
-        float(eps),
-        device,
-        stream,
+        out=out.data_ptr(),
+        x=x_rows.data_ptr(),
+        bias=ptr(bias),
+        residual=residual_rows.data_ptr(),
+        weight=weight.data_ptr(),
+        ln_bias=ln_bias.data_ptr(),
+        rows=rows,
+        hidden=hidden,
+        stride_x=x_rows.stride(0),
+        stride_residual=residual_rows.stride(0),
+        dtype=dtype,
+        eps=float(eps),
+        device=device,
+        stream=stream,
     )
     return out
 

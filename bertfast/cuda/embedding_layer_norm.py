@@ -35,20 +35,22 @@ def _launch(
     ]
     dtype, device, stream = launch_context(word)
     extension().embedding_layer_norm(
-        out.data_ptr(),
-        *(t.data_ptr() for t in ids),
-        word.data_ptr(),
-        position.data_ptr(),
-        token_type.data_ptr(),
-        weight.data_ptr(),
-        bias.data_ptr(),
-        tokens,
-        hidden,
-        input_ids.dtype == torch.int64,
-        dtype,
-        float(eps),
-        device,
-        stream,
+        out=out.data_ptr(),
+        input_ids=ids[0].data_ptr(),
+        token_type_ids=ids[1].data_ptr(),
+        position_ids=ids[2].data_ptr(),
+        word_embeddings=word.data_ptr(),
+        position_embeddings=position.data_ptr(),
+        token_type_embeddings=token_type.data_ptr(),
+        weight=weight.data_ptr(),
+        bias=bias.data_ptr(),
+        tokens=tokens,
+        hidden=hidden,
+        ids_int64=input_ids.dtype == torch.int64,
+        dtype=dtype,
+        eps=float(eps),
+        device=device,
+        stream=stream,
     )
     return out
 
