@@ -60,22 +60,22 @@ def triton_out(op, *args, **kwargs):
         return None
 
 
-def check(ours, expected, low_ref, what, triton_out=None, fp32_atol=2e-5, factor=2.0):
-    """ours (and triton_out) against the fp64 ``expected``; fp16/bf16 by the 2x rule, with
-    ``low_ref`` the torch reference run in ours' dtype."""
+def check(ours, expected, low_ref, what, tri=None, fp32_atol=2e-5, factor=2.0):
+    """ours (and the Triton twin's ``tri``) against the fp64 ``expected``; fp16/bf16 by the 2x
+    rule, with ``low_ref`` the torch reference run in ours' dtype."""
     assert torch.isfinite(ours).all(), f"{what}: {int((~torch.isfinite(ours)).sum())} non-finite"
     if ours.dtype == torch.float32:
         assert_close(ours, expected, atol=fp32_atol, rtol=1e-5, what=what)
-        if triton_out is not None:
-            assert_close(ours, triton_out, atol=2 * fp32_atol, rtol=1e-5, what=f"{what} vs triton")
+        if tri is not None:
+            assert_close(ours, tri, atol=2 * fp32_atol, rtol=1e-5, what=f"{what} vs triton")
         return
     ref_err = (low_ref.double() - expected.double()).abs().max().item()
     our_err = (ours.double() - expected.double()).abs().max().item()
     assert our_err <= factor * ref_err + 1e-5, (
         f"{what}: error {our_err:.3e} > {factor} x the torch reference's {ref_err:.3e}"
     )
-    if triton_out is not None:
-        gap = (ours.double() - triton_out.double()).abs().max().item()
+    if tri is not None:
+        gap = (ours.double() - tri.double()).abs().max().item()
         assert gap <= 2 * ref_err + 1e-5, f"{what}: {gap:.3e} from triton (ref {ref_err:.3e})"
 
 
