@@ -17,6 +17,18 @@ from bertfast.tokenizer import BertTokenizer
 
 __version__ = "0.1.0"
 
+# The Hugging Face bridge imports transformers: loaded on first use only.
+_HF_BRIDGE = ("accelerate", "from_hf", "register_attention")
+
+
+def __getattr__(name: str):
+    if name in _HF_BRIDGE:
+        from bertfast import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module 'bertfast' has no attribute {name!r}")
+
+
 __all__ = [
     "BertConfig",
     "BertForMaskedLM",
@@ -30,6 +42,9 @@ __all__ = [
     "BertTokenizer",
     "SentenceEncoder",
     "__version__",
+    "accelerate",
+    "from_hf",
+    "register_attention",
     "backend_report",
     "pipeline",
     "resolve_backend",

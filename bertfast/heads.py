@@ -719,6 +719,8 @@ class BertForQuestionAnswering(BertPreTrainedHead):
             token_type_ids,
             position_ids,
             output_hidden_states=output_hidden_states,
+            # transformers' loss takes the softmax over every position, padding included.
+            compute_padded_positions=start_positions is not None,
         )
         hidden = encoded.last_hidden_state
         start_logits, end_logits = self.qa_outputs(hidden).unbind(-1)

@@ -349,13 +349,24 @@ class BertModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         return_dict: bool = True,
         output_hidden_states: bool = False,
+        compute_padded_positions: bool = False,
     ) -> BertModelOutput | tuple:
+        """Encode a batch; keyword names as in ``transformers.BertModel``.
+
+        Padded positions of the output are unspecified: kernel backends skip them (zeros come
+        back) unless ``compute_padded_positions`` asks to compute them as Hugging Face does
+        (each attends to the real tokens), for callers whose result depends on them.
+        """
         backend = self.backend
         input_ids, mask, token_type_ids, position_ids, has_padding = prepare_inputs(
             self.config, input_ids, attention_mask, token_type_ids, position_ids, self.device
         )
+        if backend != "torch" and self.training and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"the {backend} kernels have no backward pass; train with backend='torch'"
+            )
         all_hidden: list[torch.Tensor] = []
-        if backend == "torch":
+        if backend == "torch" or (has_padding and compute_padded_positions):
             hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
             key_padding_mask = mask if has_padding else None
             for layer in self.layers:
@@ -363,10 +374,6 @@ class BertModel(nn.Module):
                     all_hidden.append(hidden)
                 hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
         else:
-            if self.training and torch.is_grad_enabled():
-                raise NotImplementedError(
-                    f"the {backend} kernels have no backward pass; train with backend='torch'"
-                )
             batch, seq = input_ids.shape
             packed = (
                 PackedBatch.from_mask(mask)

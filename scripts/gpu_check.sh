@@ -38,8 +38,7 @@ fi
 
 if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; then
     echo "== benchmark (quick grid)"
-    gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
-    dest="benchmarks/results/$gpu"
+    dest=$("$python" -c "from bertfast.bench.suite import device_tag; print('benchmarks/results/' + device_tag('cuda'))")
     "$python" -m bertfast bench --quick --device cuda --output "$dest" 2>&1 | tee "$out/bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     cp "$dest"/*.json "$dest"/*.md "$out/" 2>/dev/null

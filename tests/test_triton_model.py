@@ -77,6 +77,18 @@ def test_padded_batch_equals_each_sequence_alone_and_torch_backend(tmp_path):
         assert max_abs_error(packed[i, :n], alone.last_hidden_state[0]) <= 1e-5
 
 
+def test_padded_positions_computed_on_request(tmp_path):
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="triton")
+    ids, types, mask = _batch(99, seq=10, seed=2)
+    out = model(ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+    everywhere = torch.ones_like(mask)
+    assert (mask == 0).any()
+    assert max_abs_error(out.last_hidden_state, ref, everywhere) <= 1e-4
+
+
 def test_left_padding_packs_any_mask_pattern(tmp_path):
     path, _ = random_hf_bert(tmp_path)
     triton_model = BertModel.from_pretrained(path, backend="triton")
