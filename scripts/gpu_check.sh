@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-unset TRITON_INTERPRET
+export TRITON_INTERPRET=0  # tests/conftest.py turns the interpreter on when unset
 python="${PYTHON:-python3}"
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
