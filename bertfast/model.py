@@ -367,12 +367,13 @@ class BertModel(nn.Module):
             )
         all_hidden: list[torch.Tensor] = []
         if backend == "torch" or (has_padding and compute_padded_positions):
-            hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
-            key_padding_mask = mask if has_padding else None
-            for layer in self.layers:
-                if output_hidden_states:
-                    all_hidden.append(hidden)
-                hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
+            hidden = self.encode_padded(
+                input_ids,
+                token_type_ids,
+                position_ids,
+                mask if has_padding else None,
+                all_hidden if output_hidden_states else None,
+            )
         else:
             batch, seq = input_ids.shape
             packed = (
@@ -393,12 +394,37 @@ class BertModel(nn.Module):
                     hidden, backend, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen
                 )
             hidden = packed.unpack(hidden)
-        pooled = None
-        if self.pooler is not None:
-            pooled = torch.tanh(self.pooler(hidden[:, 0]))
+        pooled = self.pool(hidden)
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         output = BertModelOutput(hidden, pooled, hidden_states)
         return output if return_dict else output.to_tuple()
+
+    def encode_padded(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        collect: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The encoder over the whole (batch, seq) grid, padding masked in attention.
+
+        Inputs must already be validated (``prepare_inputs``); no host sync happens here, so
+        the call can be captured in a CUDA graph. ``collect`` receives each layer's input.
+        """
+        backend = self.backend
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
+        for layer in self.layers:
+            if collect is not None:
+                collect.append(hidden)
+            hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
+        return hidden
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """tanh(dense(first token)), or None without a pooler."""
+        if self.pooler is None:
+            return None
+        return torch.tanh(self.pooler(hidden[:, 0]))
 
     # Checkpoints ---------------------------------------------------------------------------
 

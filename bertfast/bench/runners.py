@@ -215,6 +215,22 @@ class BertfastRunner(Runner):
         ).last_hidden_state
 
 
+class GraphRunner(Runner):
+    """bertfast replayed from CUDA graphs (one per shape; capture happens in the warm-up)."""
+
+    def __init__(self, model: BertModel):
+        from bertfast.graphs import CUDAGraphEncoder
+
+        self.encoder = CUDAGraphEncoder(model)
+
+    def __call__(self, inputs: Inputs) -> torch.Tensor:
+        return self.encoder(
+            inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            token_type_ids=inputs.token_type_ids,
+        ).last_hidden_state
+
+
 @dataclass(frozen=True)
 class RunnerSpec:
     """How to build a backend's runner, and why it cannot run on a device (None if it can)."""
@@ -241,6 +257,19 @@ def _bertfast_spec(backend: str) -> RunnerSpec:
     )
 
 
+def _graph_spec(backend: str) -> RunnerSpec:
+    kernel_reason = _bertfast_reason(backend)
+
+    def reason(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return "CUDA graphs need a CUDA device"
+        return kernel_reason(device)
+
+    return RunnerSpec(
+        lambda source, dtype: GraphRunner(source.bertfast_model(backend, dtype)), reason
+    )
+
+
 RUNNERS: dict[str, RunnerSpec] = {
     "hf-eager": RunnerSpec(lambda source, dtype: HFRunner(source.hf_model("eager", dtype))),
     "hf-sdpa": RunnerSpec(lambda source, dtype: HFRunner(source.hf_model("sdpa", dtype))),
@@ -250,4 +279,6 @@ RUNNERS: dict[str, RunnerSpec] = {
     "bertfast-torch": _bertfast_spec("torch"),
     "bertfast-triton": _bertfast_spec("triton"),
     "bertfast-cuda": _bertfast_spec("cuda"),
+    "bertfast-triton-graph": _graph_spec("triton"),
+    "bertfast-cuda-graph": _graph_spec("cuda"),
 }

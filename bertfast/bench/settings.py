@@ -27,6 +27,8 @@ E2E_BACKENDS = (
     "bertfast-torch",
     "bertfast-triton",
     "bertfast-cuda",
+    "bertfast-triton-graph",
+    "bertfast-cuda-graph",
 )
 MAX_SEQ = 512  # max_position_embeddings of every config above
 VARLEN_FILL = 0.5  # mean fill of the variable-length cases
