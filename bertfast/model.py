@@ -240,35 +240,25 @@ def prepare_inputs(
         mask = attention_mask.to(device) != 0
     tensors = [t.to(device) for t in (input_ids, token_type_ids, position_ids)]
     input_ids, token_type_ids, position_ids = tensors
-    stats = [
-        input_ids.min(),
-        input_ids.max(),
-        token_type_ids.min(),
-        token_type_ids.max(),
-        position_ids.min(),
-        position_ids.max(),
-    ]
+    # Every range check and mask flag in one device-to-host copy.
+    stacked = torch.stack([t.reshape(-1).long() for t in (input_ids, token_type_ids, position_ids)])
+    low, high = torch.aminmax(stacked, dim=1)
+    stats = [low, high]
     if attention_mask is not None:
         am = attention_mask.to(device)
-        stats.append(((am != 0) & (am != 1)).any().to(input_ids.dtype))
-        stats.append((~mask).any().to(input_ids.dtype))
-    values = torch.stack([s.to(torch.float64) for s in stats]).tolist()
-    checks = (
-        ("input_ids", values[0], values[1], config.vocab_size, "vocab_size"),
-        ("token_type_ids", values[2], values[3], config.type_vocab_size, "type_vocab_size"),
-        (
-            "position_ids",
-            values[4],
-            values[5],
-            config.max_position_embeddings,
-            "max_position_embeddings",
-        ),
+        stats.append(torch.stack([((am != 0) & (am != 1)).any(), (~mask).any()]).long())
+    values = torch.cat(stats).tolist()
+    limits = (
+        ("input_ids", config.vocab_size, "vocab_size"),
+        ("token_type_ids", config.type_vocab_size, "type_vocab_size"),
+        ("position_ids", config.max_position_embeddings, "max_position_embeddings"),
     )
-    for name, low, high, limit, what in checks:
-        if low < 0 or high >= limit:
-            bad = int(low) if low < 0 else int(high)
+    for i, (name, limit, what) in enumerate(limits):
+        lo, hi = values[i], values[3 + i]
+        if lo < 0 or hi >= limit:
             raise ValueError(
-                f"{name} contains {bad}; allowed range is [0, {limit}) ({what}={limit})"
+                f"{name} contains {lo if lo < 0 else hi}; allowed range is [0, {limit}) "
+                f"({what}={limit})"
             )
     has_padding = False
     if attention_mask is not None:
