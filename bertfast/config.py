@@ -41,7 +41,7 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0  # None: no padding row (its embedding gets gradients)
     position_embedding_type: str = "absolute"
     classifier_dropout: float | None = None
     id2label: dict[int, str] = field(default_factory=dict)
@@ -91,9 +91,10 @@ class BertConfig:
                 "decoder / cross-attention BERT configs are not supported (is_decoder or "
                 "add_cross_attention is set); bertfast runs encoders only"
             )
-        if not 0 <= self.pad_token_id < self.vocab_size:
+        pad = self.pad_token_id
+        if pad is not None and (not isinstance(pad, int) or not 0 <= pad < self.vocab_size):
             raise ValueError(
-                f"pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})"
+                f"pad_token_id must be null or an int in [0, {self.vocab_size}), got {pad!r}"
             )
 
     @property

@@ -110,7 +110,7 @@ class CUDAGraphEncoder:
         position_ids: torch.Tensor | None = None,
     ) -> BertModelOutput:
         model = self.model
-        ids, mask, types, positions, _ = prepare_inputs(
+        ids, mask, types, positions, _, _ = prepare_inputs(
             model.config, input_ids, attention_mask, token_type_ids, position_ids, model.device
         )
         cap = self._graph_for(*ids.shape)

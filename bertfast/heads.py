@@ -318,7 +318,7 @@ class BertPreTrainedHead(nn.Module):
         """Build from Hugging Face-named weights held in memory (``bert.*`` plus head keys)."""
         from bertfast.ops import load_kernels, resolve_backend
 
-        load_kernels(resolve_backend(backend, device))  # fail before copying weights
+        load_kernels(resolve_backend(backend, device, config.head_dim))  # before copying weights
         encoder_state, head_state = split_encoder_keys(hf_state)
         cls._check_head_present(source, config, head_state)
         renamed, unexpected = hf_to_bertfast(encoder_state)

@@ -154,6 +154,7 @@ class AcceleratedModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -288,7 +289,7 @@ def bertfast_attention_forward(
     qkv = torch.cat(
         [t.transpose(1, 2).reshape(batch, seq, heads_ * dim) for t in (query, key, value)], -1
     )
-    backend = ops.resolve_backend("auto", query.device)
+    backend = ops.resolve_backend("auto", query.device, dim)
     mask = None if attention_mask is None else attention_mask.bool()
     out = ops.attention(qkv, heads_, key_padding_mask=mask, dropout_p=dropout, backend=backend)
     return out.view(batch, seq, heads_, dim), None

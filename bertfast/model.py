@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,9 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids, backend: str) -> torch.Tensor:
         words = self.word_embeddings.weight
-        if words.requires_grad and torch.is_grad_enabled():
-            words = _ZeroRowGradient.apply(words, self.word_embeddings.padding_idx)
+        padding_idx = self.word_embeddings.padding_idx
+        if padding_idx is not None and words.requires_grad and torch.is_grad_enabled():
+            words = _ZeroRowGradient.apply(words, padding_idx)
         out = ops.embedding_layer_norm(
             input_ids,
             token_type_ids,
@@ -166,6 +168,7 @@ class BertLayer(nn.Module):
             max_seqlen=max_seqlen,
             dropout_p=self.attention_dropout if self.training else 0.0,
             backend=backend,
+            check_cu_seqlens=False,  # PackedBatch built them
         )
         attn = F.linear(context, self.attention_output.weight)
         hidden = self._residual_norm(
@@ -190,6 +193,17 @@ def _check_id_tensor(name: str, t: torch.Tensor, shape: torch.Size | None) -> No
         raise ValueError(f"{name} has shape {tuple(t.shape)}; input_ids has {tuple(shape)}")
 
 
+class PreparedInputs(NamedTuple):
+    """Validated inputs on the model's device."""
+
+    input_ids: torch.Tensor
+    mask: torch.Tensor | None  # bool, True = real token; None when no mask was given
+    token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    has_padding: bool  # any position is padding
+    first_padded: bool  # some row's first position (the pooler's input) is padding
+
+
 def prepare_inputs(
     config: BertConfig,
     input_ids: torch.Tensor,
@@ -197,12 +211,8 @@ def prepare_inputs(
     token_type_ids: torch.Tensor | None,
     position_ids: torch.Tensor | None,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, bool]:
-    """Validate every input before any kernel runs (one device sync for all range checks).
-
-    Returns ids, a bool mask (None when there is none), token types, positions, and whether
-    any position is padding.
-    """
+) -> PreparedInputs:
+    """Validate every input before any kernel runs (one device sync for all range checks)."""
     _check_id_tensor("input_ids", input_ids, None)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
@@ -246,7 +256,8 @@ def prepare_inputs(
     stats = [low, high]
     if attention_mask is not None:
         am = attention_mask.to(device)
-        stats.append(torch.stack([((am != 0) & (am != 1)).any(), (~mask).any()]).long())
+        flags = [((am != 0) & (am != 1)).any(), (~mask).any(), (~mask[:, 0]).any()]
+        stats.append(torch.stack(flags).long())
     values = torch.cat(stats).tolist()
     limits = (
         ("input_ids", config.vocab_size, "vocab_size"),
@@ -260,12 +271,12 @@ def prepare_inputs(
                 f"{name} contains {lo if lo < 0 else hi}; allowed range is [0, {limit}) "
                 f"({what}={limit})"
             )
-    has_padding = False
+    has_padding = first_padded = False
     if attention_mask is not None:
         if values[6]:
             raise ValueError("attention_mask must hold only 0 and 1 (or True/False)")
-        has_padding = bool(values[7])
-    return input_ids, mask, token_type_ids, position_ids, has_padding
+        has_padding, first_padded = bool(values[7]), bool(values[8])
+    return PreparedInputs(input_ids, mask, token_type_ids, position_ids, has_padding, first_padded)
 
 
 class BertModel(nn.Module):
@@ -284,7 +295,7 @@ class BertModel(nn.Module):
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
         if device is None or torch.device(device).type != "meta":
             # Fail now, with the reason, if it cannot run; import its kernels while at it.
-            ops.load_kernels(ops.resolve_backend(backend, device))
+            ops.load_kernels(ops.resolve_backend(backend, device, config.head_dim))
         self.config = config
         self.requested_backend = backend
         kw = dict(device=device, dtype=dtype)
@@ -326,7 +337,7 @@ class BertModel(nn.Module):
         """The backend that runs on the model's current device."""
         device = self.device
         if device not in self._resolved:
-            backend = ops.resolve_backend(self.requested_backend, device)
+            backend = ops.resolve_backend(self.requested_backend, device, self.config.head_dim)
             ops.load_kernels(backend)
             self._resolved[device] = backend
         return self._resolved[device]
@@ -348,9 +359,11 @@ class BertModel(nn.Module):
         (each attends to the real tokens), for callers whose result depends on them.
         """
         backend = self.backend
-        input_ids, mask, token_type_ids, position_ids, has_padding = prepare_inputs(
+        input_ids, mask, token_type_ids, position_ids, has_padding, first_padded = prepare_inputs(
             self.config, input_ids, attention_mask, token_type_ids, position_ids, self.device
         )
+        # Left padding: the pooler reads position 0, which the padding-free path skips.
+        compute_padded_positions |= first_padded and self.pooler is not None
         if backend != "torch" and self.training and torch.is_grad_enabled():
             raise NotImplementedError(
                 f"the {backend} kernels have no backward pass; train with backend='torch'"
@@ -443,7 +456,7 @@ class BertModel(nn.Module):
         """Build from Hugging Face-named weights held in memory (``bert.`` prefix optional)."""
         from bertfast.weights import encoder_from_hf_state_dict
 
-        ops.load_kernels(ops.resolve_backend(backend, device))
+        ops.load_kernels(ops.resolve_backend(backend, device, config.head_dim))
         return encoder_from_hf_state_dict(cls, config, hf_state, backend, dtype, device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

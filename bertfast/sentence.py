@@ -33,6 +33,36 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     return total / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
+# sentence-transformers' pooling names (current and legacy boolean keys) -> ours
+_ST_POOLING = {
+    "mean": "mean",
+    "cls": "cls",
+    "max": "max",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+def pooling_mode_of(config: dict) -> str:
+    """Our pooling mode for a sentence-transformers Pooling config; unsupported ones raise."""
+    if "pooling_mode" in config:
+        modes = config["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+    else:
+        modes = [k for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+    if not modes:
+        return "mean"  # sentence-transformers' default
+    if len(modes) != 1 or modes[0] not in _ST_POOLING:
+        raise ValueError(
+            f"pooling {modes} is not supported; supported: a single one of "
+            "mean, cls, max, mean_sqrt_len_tokens"
+        )
+    return _ST_POOLING[modes[0]]
+
+
 class SentenceEncoder:
     """Text in, one vector per text out, equal to sentence-transformers' ``encode``."""
 
@@ -69,19 +99,10 @@ class SentenceEncoder:
         tokenizer = BertTokenizer.from_pretrained(model_dir)
         modules = _read_json(model_dir / "modules.json") or []
         types = [m.get("type", "") for m in modules]
-        pooling, normalize = "mean", False
+        pooling = "mean"
         for m in modules:
             if m.get("type", "").endswith("Pooling"):
-                config = _read_json(model_dir / m.get("path", "") / "config.json")
-                pooling = next(
-                    (
-                        mode
-                        for mode in POOLING_MODES
-                        if config.get(f"pooling_mode_{mode}_tokens")
-                        or config.get(f"pooling_mode_{mode}_token")
-                    ),
-                    "mean",
-                )
+                pooling = pooling_mode_of(_read_json(model_dir / m.get("path", "") / "config.json"))
         normalize = any(t.endswith("Normalize") for t in types)
         max_len = _read_json(model_dir / "sentence_bert_config.json").get("max_seq_length")
         return cls(model, tokenizer, pooling, normalize, max_len)

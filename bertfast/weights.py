@@ -231,6 +231,9 @@ def encoder_from_hf_state_dict(
     device: torch.device | str | None,
 ):
     """Build ``cls`` (a BertModel) from Hugging Face-named weights (head keys are ignored)."""
+    from bertfast.ops import load_kernels, resolve_backend
+
+    load_kernels(resolve_backend(backend, device, config.head_dim))
     encoder_state, _head_state = split_encoder_keys(hf_state)
     renamed, unexpected = hf_to_bertfast(encoder_state)
     # Checkpoints saved from heads that have no pooler (masked LM) load without one.

@@ -16,6 +16,7 @@ def assert_close(
     assert not torch.isnan(a).any(), (
         f"{what}: {int(torch.isnan(a).sum())} NaN elements in the output"
     )
+    assert torch.isfinite(e).all(), f"{what}: the reference itself has non-finite elements"
     err = (a - e).abs()
     bad = err > atol + rtol * e.abs()
     if bad.any():

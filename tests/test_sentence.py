@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bertfast.sentence import SentenceEncoder, pool
+from bertfast.sentence import SentenceEncoder, pool, pooling_mode_of
 
 TEXTS = [
     "A man is eating food.",
@@ -57,3 +57,39 @@ def test_bad_input(encoder):
         encoder.encode([])
     with pytest.raises(TypeError, match="sentences must be strings, got int"):
         encoder.encode(["ok", 3])
+
+
+@pytest.mark.parametrize(
+    "config, mode",
+    [
+        ({"pooling_mode": "cls"}, "cls"),
+        ({"pooling_mode": "mean_sqrt_len_tokens"}, "mean_sqrt_len"),
+        ({"pooling_mode": ["max"]}, "max"),
+        ({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}, "mean"),
+        ({"embedding_dimension": 384}, "mean"),
+    ],
+)
+def test_pooling_mode_read_from_config(config, mode):
+    assert pooling_mode_of(config) == mode
+
+
+@pytest.mark.parametrize(
+    "config", [{"pooling_mode": "weightedmean"}, {"pooling_mode": ["cls", "mean"]}]
+)
+def test_unsupported_pooling_is_refused(config):
+    with pytest.raises(ValueError, match="is not supported"):
+        pooling_mode_of(config)
+
+
+def test_sentence_transformers_6_pooling_config(tmp_path, minilm_dir):
+    st = pytest.importorskip("sentence_transformers")
+    reference = st.SentenceTransformer(str(minilm_dir), device="cpu")
+    modules = [m for m in reference if "Normalize" not in type(m).__name__]
+    modules[1] = st.sentence_transformer.modules.Pooling(384, pooling_mode="cls")
+    st.SentenceTransformer(modules=modules).save(str(tmp_path))
+    encoder = SentenceEncoder.from_pretrained(tmp_path, backend="torch")
+    assert (encoder.pooling, encoder.normalize) == ("cls", False)
+    texts = ["A man is eating food.", "x"]
+    expected = torch.from_numpy(st.SentenceTransformer(str(tmp_path), device="cpu").encode(texts))
+    cosine = torch.nn.functional.cosine_similarity(encoder.encode(texts), expected, dim=1)
+    assert cosine.min().item() >= 0.99999

@@ -95,9 +95,31 @@ def test_left_padding_packs_any_mask_pattern(tmp_path):
     torch_model = BertModel.from_pretrained(path, backend="torch")
     ids = torch.randint(1, 99, (2, 8))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1, 1, 1]])
-    a = triton_model(ids, attention_mask=mask).last_hidden_state
-    b = torch_model(ids, attention_mask=mask).last_hidden_state
-    assert max_abs_error(a, b, mask) <= 1e-5
+    a = triton_model(ids, attention_mask=mask)
+    b = torch_model(ids, attention_mask=mask)
+    assert max_abs_error(a.last_hidden_state, b.last_hidden_state, mask) <= 1e-5
+    # Row 0's first position is padding: the pooler still reads it as transformers does.
+    assert max_abs_error(a.pooler_output, b.pooler_output) <= 1e-5
+
+
+def test_backward_through_kernels_is_refused_not_dropped(tmp_path):
+    path, _ = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="triton")  # eval mode, grad enabled
+    out = model(torch.randint(1, 99, (2, 5))).pooler_output
+    assert out.requires_grad
+    with pytest.raises(
+        NotImplementedError, match="has no backward pass; train with backend='torch'"
+    ):
+        out.sum().backward()
+    with torch.no_grad():
+        assert not model(torch.randint(1, 99, (2, 5))).pooler_output.requires_grad
+
+
+def test_head_dim_the_kernels_lack_is_refused_at_construction(tmp_path):
+    path, _ = random_hf_bert(tmp_path, hidden_size=52, num_attention_heads=2)  # head dim 26
+    with pytest.raises(RuntimeError, match=r"supports head dims \(16, 32, 64, 128\), not 26"):
+        BertModel.from_pretrained(path, backend="triton")
+    assert BertModel.from_pretrained(path, backend="auto").backend == "torch"
 
 
 def test_explicit_triton_never_falls_back_to_torch(tmp_path, monkeypatch):

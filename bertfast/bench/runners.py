@@ -60,7 +60,7 @@ def make_inputs(
     for i in range(count):
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         ids = torch.randint(1, config.vocab_size, (batch, seq), generator=gen)
-        ids = torch.where(mask, ids, config.pad_token_id)
+        ids = torch.where(mask, ids, config.pad_token_id or 0)
         types = torch.randint(0, config.type_vocab_size, (batch, seq), generator=gen)
         sets.append(
             Inputs(

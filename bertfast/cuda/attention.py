@@ -18,8 +18,9 @@ from bertfast.cuda._launch import (
     ptr,
     use_custom_op,
 )
+from bertfast.ops import KERNEL_HEAD_DIMS
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_HEAD_DIMS = KERNEL_HEAD_DIMS
 
 
 def _aligned_for_tensor_cores(qkv: torch.Tensor) -> bool:

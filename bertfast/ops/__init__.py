@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 
 BACKENDS = ("torch", "triton", "cuda")
+# Head dims the attention kernels of the kernel backends are built for.
+KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 OPS = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
 
 
@@ -68,17 +70,30 @@ def _cuda_reason(device: torch.device) -> str | None:
 
 @dataclass(frozen=True)
 class Backend:
-    """A way to run the ops, with the check that says whether it can run on a device."""
+    """A way to run the ops: where it can run, and the head dims it supports (None: any)."""
 
     name: str
     description: str
     unavailable_reason: Callable[[torch.device], str | None]
+    head_dims: tuple[int, ...] | None = None
+
+    def reason(self, device: torch.device, head_dim: int | None = None) -> str | None:
+        """None if it can run a model of ``head_dim`` on ``device``, else why not."""
+        reason = self.unavailable_reason(device)
+        if reason is None and head_dim is not None and self.head_dims is not None:
+            if head_dim not in self.head_dims:
+                reason = f"its attention supports head dims {self.head_dims}, not {head_dim}"
+        return reason
 
 
 BACKEND_INFO = {
     "torch": Backend("torch", "plain PyTorch reference ops (SDPA attention)", lambda d: None),
-    "triton": Backend("triton", "fused Triton kernels, padding-free encoder", _triton_reason),
-    "cuda": Backend("cuda", "fused CUDA C++ kernels (pybind11 extension)", _cuda_reason),
+    "triton": Backend(
+        "triton", "fused Triton kernels, padding-free encoder", _triton_reason, KERNEL_HEAD_DIMS
+    ),
+    "cuda": Backend(
+        "cuda", "fused CUDA C++ kernels (pybind11 extension)", _cuda_reason, KERNEL_HEAD_DIMS
+    ),
 }
 
 # "auto" tries these in order on a CUDA device; on the CPU it is always torch.
@@ -95,19 +110,25 @@ def backend_report(device: torch.device | str | None = None) -> dict[str, str | 
     return {name: info.unavailable_reason(dev) for name, info in BACKEND_INFO.items()}
 
 
-def resolve_backend(requested: str, device: torch.device | str | None = None) -> str:
-    """The backend that will run on ``device`` for a request; never a silent substitute."""
+def resolve_backend(
+    requested: str, device: torch.device | str | None = None, head_dim: int | None = None
+) -> str:
+    """The backend that will run on ``device`` for a request; never a silent substitute.
+
+    ``auto`` takes the first of AUTO_PRIORITY that can run (torch off CUDA); an explicit
+    request that cannot run, on this device or for a model of this ``head_dim``, raises.
+    """
     dev = _as_device(device)
     if requested == "auto":
         if dev.type != "cuda":
             return "torch"
         for name in AUTO_PRIORITY:
-            if BACKEND_INFO[name].unavailable_reason(dev) is None:
+            if BACKEND_INFO[name].reason(dev, head_dim) is None:
                 return name
         return "torch"
     if requested not in BACKEND_INFO:
         raise ValueError(f"unknown backend {requested!r}; choose one of 'auto', {BACKENDS}")
-    reason = BACKEND_INFO[requested].unavailable_reason(dev)
+    reason = BACKEND_INFO[requested].reason(dev, head_dim)
     if reason is not None:
         raise RuntimeError(f"backend {requested!r} cannot run on {dev}: {reason}")
     return requested
@@ -135,6 +156,33 @@ def get_kernel(op: str, backend: str) -> Callable:
         raise NotImplementedError(f"op {op!r} has no {backend} kernel ({exc})") from exc
     kernel = _KERNELS[(op, backend)] = getattr(module, op)
     return kernel
+
+
+class _ForwardOnly(torch.autograd.Function):
+    """A kernel call in a graph that needs gradients: the backward says it does not exist,
+    instead of autograd silently skipping everything before the kernel."""
+
+    @staticmethod
+    def forward(ctx, description: str, kernel: Callable, *args):
+        ctx.description = description
+        return kernel(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{ctx.description} has no backward pass; train with backend='torch' "
+            "(or run inference under torch.no_grad() / torch.inference_mode())"
+        )
+
+
+def run_kernel(op: str, backend: str, *args):
+    """Launch ``op`` on a kernel backend; refuses backward through it rather than drop it."""
+    kernel = get_kernel(op, backend)
+    if torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    ):
+        return _ForwardOnly.apply(f"the {backend} kernel {op!r}", kernel, *args)
+    return kernel(*args)
 
 
 def load_kernels(backend: str) -> None:
@@ -169,6 +217,7 @@ __all__ = [
     "embedding_layer_norm",
     "embedding_layer_norm_reference",
     "get_kernel",
+    "run_kernel",
     "load_kernels",
     "resolve_backend",
 ]

@@ -113,6 +113,23 @@ def check_attention_inputs(
         raise ValueError(f"packed attention needs max_seqlen >= 0, got {max_seqlen!r}")
 
 
+def check_cu_seqlens_values(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
+    """Offsets from 0 to the token count, never decreasing, no sequence over ``max_seqlen``."""
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != total_tokens:
+        raise ValueError(
+            f"cu_seqlens must run from 0 to the number of tokens ({total_tokens}); "
+            f"got {offsets[0]} .. {offsets[-1]}"
+        )
+    lengths = [end - start for start, end in itertools.pairwise(offsets)]
+    if min(lengths) < 0:
+        raise ValueError(f"cu_seqlens must not decrease; got {offsets}")
+    if max(lengths) > max_seqlen:
+        raise ValueError(
+            f"max_seqlen {max_seqlen} is less than the longest sequence ({max(lengths)} tokens)"
+        )
+
+
 def attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -121,9 +138,16 @@ def attention(
     max_seqlen: int | None = None,
     dropout_p: float = 0.0,
     backend: str = "torch",
+    check_cu_seqlens: bool = True,
 ) -> torch.Tensor:
-    """Scaled dot-product self-attention over heads; see the module docstring for the forms."""
+    """Scaled dot-product self-attention over heads; see the module docstring for the forms.
+
+    ``check_cu_seqlens`` reads the offsets back to the host to check them against the tokens
+    and ``max_seqlen`` (kernels trust them); callers that built them themselves skip it.
+    """
     check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
+    if cu_seqlens is not None and check_cu_seqlens:
+        check_cu_seqlens_values(cu_seqlens, qkv.shape[0], max_seqlen)
     if backend == "torch":
         return attention_reference(
             qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p
@@ -133,8 +157,8 @@ def attention(
             f"attention dropout (p={dropout_p}) runs on the torch backend only; "
             f"the {backend} kernels are for inference (call model.eval())"
         )
-    from bertfast.ops import get_kernel
+    from bertfast.ops import run_kernel
 
-    return get_kernel("attention", backend)(
-        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+    return run_kernel(
+        "attention", backend, qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
     )

@@ -31,6 +31,6 @@ def bias_gelu(
         raise ValueError(f"approximate={approximate!r}; supported: {GELU_APPROXIMATIONS}")
     if backend == "torch":
         return bias_gelu_reference(x, bias, approximate)
-    from bertfast.ops import get_kernel
+    from bertfast.ops import run_kernel
 
-    return get_kernel("bias_gelu", backend)(x, bias, approximate)
+    return run_kernel("bias_gelu", backend, x, bias, approximate)

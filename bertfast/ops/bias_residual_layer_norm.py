@@ -44,7 +44,8 @@ def bias_residual_layer_norm(
     check_vector("ln_bias", ln_bias, hidden, x)
     if backend == "torch":
         return bias_residual_layer_norm_reference(x, bias, residual, weight, ln_bias, float(eps))
-    from bertfast.ops import get_kernel
+    from bertfast.ops import run_kernel
 
-    kernel = get_kernel("bias_residual_layer_norm", backend)
-    return kernel(x, bias, residual, weight, ln_bias, float(eps))
+    return run_kernel(
+        "bias_residual_layer_norm", backend, x, bias, residual, weight, ln_bias, float(eps)
+    )

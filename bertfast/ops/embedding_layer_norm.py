@@ -104,6 +104,6 @@ def embedding_layer_norm(
     )
     if backend == "torch":
         return embedding_layer_norm_reference(*args)
-    from bertfast.ops import get_kernel
+    from bertfast.ops import run_kernel
 
-    return get_kernel("embedding_layer_norm", backend)(*args)
+    return run_kernel("embedding_layer_norm", backend, *args)

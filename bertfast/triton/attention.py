@@ -19,9 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+from bertfast.ops import KERNEL_HEAD_DIMS
+from bertfast.ops.attention import check_attention_inputs
 from bertfast.triton._launch import check_kernel_tensor, check_same_device, use_custom_op
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_HEAD_DIMS = KERNEL_HEAD_DIMS
 LOG2_E = 1.4426950408889634
 
 
@@ -47,8 +49,9 @@ def _attention_kernel(
     HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    block_m = tl.program_id(0)
-    batch_head = tl.program_id(1)
+    # (batch * heads) on axis 0, whose limit is 2**31 - 1; axis 1 is capped at 65535.
+    batch_head = tl.program_id(0)
+    block_m = tl.program_id(1)
     batch = batch_head // num_heads
     head = batch_head % num_heads
     if PACKED:
@@ -134,7 +137,7 @@ def _launch(
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
     block_m, block_n, num_warps, num_stages = _block_sizes(head_dim, longest)
-    grid = (triton.cdiv(longest, block_m), batch * num_heads)
+    grid = (batch * num_heads, triton.cdiv(longest, block_m))
     _attention_kernel[grid](
         out,
         qkv,
@@ -181,7 +184,11 @@ def attention(
     cu_seqlens: torch.Tensor | None = None,
     max_seqlen: int | None = None,
 ) -> torch.Tensor:
-    """Self-attention over heads from a fused QKV tensor; see ``bertfast.ops.attention``."""
+    """Self-attention over heads from a fused QKV tensor; see ``bertfast.ops.attention``.
+
+    The layout checks run here too: the launcher is reachable without the op's checks.
+    """
+    check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
     check_kernel_tensor("qkv", qkv)
     head_dim = qkv.shape[-1] // 3 // num_heads
     if head_dim not in SUPPORTED_HEAD_DIMS:

@@ -132,6 +132,10 @@ def _hf_pair(config: BertConfig, dtype):
     torch.manual_seed(0)
     hf32 = transformers.BertModel._from_config(hf_config, attn_implementation="eager")
     hf32 = hf32.to(DEVICE).eval()
+    with torch.no_grad():  # non-trivial biases and norms, so that a dropped term shows
+        for name, p in hf32.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.normal_(1.0 if name.endswith("LayerNorm.weight") else 0.0, 0.1)
     hf_low = transformers.BertModel._from_config(hf_config, attn_implementation="sdpa")
     hf_low = hf_low.to(DEVICE).eval()
     hf_low.load_state_dict(hf32.state_dict())

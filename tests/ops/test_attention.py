@@ -147,6 +147,26 @@ def test_unsupported_inputs_are_named(monkeypatch):
         attention(torch.randn(1, 4, 3 * 64), 2)
 
 
+def test_packed_offsets_are_checked():
+    qkv = torch.randn(10, 3 * 64)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(
+        ValueError, match=r"max_seqlen 4 is less than the longest sequence \(6 tokens\)"
+    ):
+        ops.attention(qkv, 2, cu_seqlens=cu, max_seqlen=4, backend="triton")
+    with pytest.raises(ValueError, match=r"from 0 to the number of tokens \(10\); got 0 .. 12"):
+        ops.attention(qkv, 2, cu_seqlens=torch.tensor([0, 4, 12], dtype=torch.int32), max_seqlen=8)
+    with pytest.raises(ValueError, match="must not decrease"):
+        ops.attention(
+            qkv, 2, cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32), max_seqlen=8
+        )
+
+
+def test_launcher_checks_the_mask_layout():
+    with pytest.raises(TypeError, match="key_padding_mask must be bool, got torch.int64"):
+        attention(torch.randn(1, 4, 3 * 64), 2, key_padding_mask=torch.ones(1, 4, dtype=torch.long))
+
+
 def test_dispatch_and_custom_op():
     qkv = torch.randn(2, 5, 3 * 64)
     via_ops = ops.attention(qkv, 2, backend="triton")
