@@ -2,7 +2,8 @@
 # Everything that needs a GPU, in one run: build csrc/ (when present), the GPU-marked tests,
 # the quick benchmark grid. Works offline on a machine where torch, triton and transformers are
 # already installed. Results go to benchmarks/results/<gpu>/ and, when $OUT is set, to $OUT.
-# Usage: bash scripts/gpu_check.sh [--no-bench] [--no-tests]
+# Usage: bash scripts/gpu_check.sh [--no-bench] [--no-tests] [--tune]
+#   --tune also sweeps the Triton attention block sizes (scripts/tune_attention.py, ~1-2 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -11,11 +12,12 @@ export TRITON_INTERPRET=0  # tests/conftest.py turns the interpreter on when uns
 python="${PYTHON:-python3}"
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
-run_tests=1 run_bench=1
+run_tests=1 run_bench=1 run_tune=0
 for arg in "$@"; do
     case "$arg" in
         --no-tests) run_tests=0 ;;
         --no-bench) run_bench=0 ;;
+        --tune) run_tune=1 ;;
         *) echo "unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +44,11 @@ if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; the
     "$python" -m bertfast bench --quick --device cuda --output "$dest" 2>&1 | tee "$out/bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     cp "$dest"/*.json "$dest"/*.md "$out/" 2>/dev/null
+fi
+if [ "$run_tune" = 1 ]; then
+    echo "== attention block-size sweep"
+    OUT="$out" "$python" scripts/tune_attention.py 2>&1 | tee "$out/tune.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 echo "gpu_check exit status: $status"
 exit $status

@@ -117,7 +117,10 @@ def _launch(
     key_padding_mask: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
+    block_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
+    """Launch; ``block_config`` (BLOCK_M, BLOCK_N, warps, stages) overrides the heuristic
+    (scripts/tune_attention.py sweeps it on a GPU)."""
     hidden = qkv.shape[-1] // 3
     head_dim = hidden // num_heads
     packed = cu_seqlens is not None
@@ -136,7 +139,7 @@ def _launch(
     mask = None
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
-    block_m, block_n, num_warps, num_stages = _block_sizes(head_dim, longest)
+    block_m, block_n, num_warps, num_stages = block_config or _block_sizes(head_dim, longest)
     grid = (batch * num_heads, triton.cdiv(longest, block_m))
     _attention_kernel[grid](
         out,
