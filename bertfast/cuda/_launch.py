@@ -8,6 +8,8 @@ from types import ModuleType
 import torch
 
 from bertfast.ops._checks import FLOAT_DTYPES
+from bertfast.ops._checks import as_rows as as_rows  # re-exported for the launchers
+from bertfast.ops._checks import use_custom_op as use_custom_op
 
 # Must match enum DType in csrc/common.cuh.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -66,14 +68,6 @@ def check_vector(name: str, t: torch.Tensor, size: int) -> None:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
 
 
-def as_rows(name: str, t: torch.Tensor) -> torch.Tensor:
-    """View (..., N) as (rows, N), copying only if no such view exists."""
-    rows = t.reshape(-1, t.shape[-1])
-    if rows.shape[-1] > 1 and rows.stride(-1) != 1:
-        raise ValueError(f"{name} cannot be viewed as rows with a contiguous last dimension")
-    return rows
-
-
 def ptr(t: torch.Tensor | None) -> int:
     """The address a kernel reads, or 0 for a missing optional input."""
     return 0 if t is None else t.data_ptr()
@@ -83,8 +77,3 @@ def launch_context(t: torch.Tensor) -> tuple[int, int, int]:
     """(dtype code, device index, current stream handle) for a launch reading ``t``."""
     device = t.device
     return DTYPE_CODES.get(t.dtype, -1), device.index, torch.cuda.current_stream(device).cuda_stream
-
-
-def use_custom_op() -> bool:
-    """Inside torch.compile the registered custom op is traced; eager calls skip its overhead."""
-    return torch.compiler.is_compiling()

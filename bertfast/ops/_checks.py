@@ -28,3 +28,16 @@ def check_vector(name: str, t: torch.Tensor | None, size: int, ref: torch.Tensor
     if t.dim() != 1 or t.shape[0] != size:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
     check_same(name, t, "the input", ref)
+
+
+def as_rows(name: str, t: torch.Tensor) -> torch.Tensor:
+    """View (..., N) as (rows, N) without copying; rows may be strided, the last dim may not."""
+    rows = t.reshape(-1, t.shape[-1])
+    if rows.shape[-1] > 1 and rows.stride(-1) != 1:
+        raise ValueError(f"{name} cannot be viewed as rows with a contiguous last dimension")
+    return rows
+
+
+def use_custom_op() -> bool:
+    """Inside torch.compile the registered custom op is traced; eager calls skip its overhead."""
+    return torch.compiler.is_compiling()

@@ -6,6 +6,8 @@ import torch
 
 from bertfast.ops import triton_interpreter_enabled
 from bertfast.ops._checks import FLOAT_DTYPES
+from bertfast.ops._checks import as_rows as as_rows  # re-exported for the launchers
+from bertfast.ops._checks import use_custom_op as use_custom_op
 
 
 def check_kernel_tensor(name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
@@ -31,20 +33,3 @@ def check_kernel_tensor(name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> None
 def check_same_device(name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but the input is on {ref.device}")
-
-
-def as_rows(name: str, t: torch.Tensor) -> torch.Tensor:
-    """View (..., N) as (rows, N) without copying; rows may be strided, the last dim may not."""
-    rows = t.reshape(-1, t.shape[-1])
-    if rows.shape[-1] > 1 and rows.stride(-1) != 1:
-        raise ValueError(f"{name} cannot be viewed as rows with a contiguous last dimension")
-    return rows
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def use_custom_op() -> bool:
-    """Inside torch.compile the registered custom op is traced; eager calls skip its overhead."""
-    return torch.compiler.is_compiling()
