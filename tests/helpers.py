@@ -38,6 +38,32 @@ def max_abs_error(
     return diff.max().item()
 
 
+@torch.no_grad()
+def randomize_biases_and_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial biases and LayerNorm parameters (HF starts them at 0 and 1), so that a
+    dropped bias or norm term shows up in a comparison."""
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or "LayerNorm" in name:
+            p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
+    return model
+
+
+def mixed_mask(batch: int, seq: int, seed: int = 0, generator=None) -> torch.Tensor:
+    """(batch, seq) bool mask of random lengths, with one full row and one single-token row."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    lengths[0], lengths[-1] = seq, 1
+    return torch.arange(seq)[None, :] < lengths[:, None]
+
+
+def random_batch(vocab: int, batch: int = 3, seq: int = 13, type_vocab: int = 2, seed: int = 1):
+    """(input_ids, token_type_ids, long attention mask) with mixed lengths (see mixed_mask)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, seq), generator=g)
+    types = torch.randint(0, type_vocab, (batch, seq), generator=g)
+    return ids, types, mixed_mask(batch, seq, generator=g).long()
+
+
 def random_hf_bert(tmp_path, seed: int = 0, **config_kwargs):
     """A randomly initialised transformers.BertModel saved to tmp_path; returns (path, model)."""
     import transformers
@@ -55,10 +81,6 @@ def random_hf_bert(tmp_path, seed: int = 0, **config_kwargs):
     torch.manual_seed(seed)
     config = transformers.BertConfig(**defaults)
     model = transformers.BertModel(config, add_pooling_layer=True).eval()
-    # Non-trivial LayerNorm and bias parameters, so a dropped term shows up.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
+    randomize_biases_and_norms(model)
     model.save_pretrained(tmp_path)
     return tmp_path, model

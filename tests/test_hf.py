@@ -6,7 +6,7 @@ import torch
 import bertfast
 from bertfast import heads
 from bertfast.model import BertModel
-from tests.helpers import assert_close, max_abs_error
+from tests.helpers import assert_close, max_abs_error, randomize_biases_and_norms
 
 transformers = pytest.importorskip("transformers")
 import bertfast.hf as bf_hf  # noqa: E402  (registers the attention with transformers)
@@ -31,11 +31,7 @@ def hf_model(name, **overrides):
         overrides = {"num_labels": 2, **overrides}  # start and end
     config = transformers.BertConfig(**{**SMALL, **overrides})
     model = getattr(transformers, name)._from_config(config, attn_implementation="eager").eval()
-    with torch.no_grad():  # non-trivial biases and norms so that a dropped term shows
-        for key, p in model.named_parameters():
-            if key.endswith("bias") or "LayerNorm" in key:
-                p.normal_(1.0 if key.endswith("LayerNorm.weight") else 0.0, 0.1)
-    return model
+    return randomize_biases_and_norms(model)
 
 
 def batch(padded=True):

@@ -4,24 +4,11 @@ import pytest
 import torch
 
 from bertfast import BertConfig, BertModel
-from tests.helpers import max_abs_error, random_hf_bert
+from tests.helpers import max_abs_error, random_batch, random_hf_bert
 
 transformers = pytest.importorskip("transformers")
 
 PARITY_TOL = 1e-4
-
-
-def _batch(vocab, batch=3, seq=13, type_vocab=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (batch, seq), generator=g)
-    types = torch.randint(0, type_vocab, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    lengths[0] = seq
-    lengths[-1] = 1  # one sequence of a single token
-    for i, n in enumerate(lengths.tolist()):
-        mask[i, n:] = 0
-    return ids, types, mask
 
 
 def _hf_outputs(hf, ids, types, mask):
@@ -42,7 +29,7 @@ CONFIGS = {
 def test_random_checkpoint_parity(tmp_path, name):
     path, hf = random_hf_bert(tmp_path, **CONFIGS[name])
     model = BertModel.from_pretrained(path, backend="torch")
-    ids, types, mask = _batch(hf.config.vocab_size, type_vocab=hf.config.type_vocab_size)
+    ids, types, mask = random_batch(hf.config.vocab_size, type_vocab=hf.config.type_vocab_size)
     ours = model(ids, attention_mask=mask, token_type_ids=types)
     ref = _hf_outputs(hf, ids, types, mask)
     assert max_abs_error(ours.last_hidden_state, ref.last_hidden_state, mask) <= PARITY_TOL
@@ -52,7 +39,7 @@ def test_random_checkpoint_parity(tmp_path, name):
 def test_minilm_parity(minilm_dir):
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     model = BertModel.from_pretrained("all-MiniLM-L6-v2", backend="torch")
-    ids, types, mask = _batch(hf.config.vocab_size, batch=4, seq=37)
+    ids, types, mask = random_batch(hf.config.vocab_size, batch=4, seq=37)
     ours = model(ids, attention_mask=mask, token_type_ids=types)
     ref = _hf_outputs(hf, ids, types, mask)
     err = max_abs_error(ours.last_hidden_state, ref.last_hidden_state, mask)
@@ -63,7 +50,7 @@ def test_minilm_parity(minilm_dir):
 def test_output_hidden_states(tmp_path):
     path, hf = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="torch")
-    ids, types, mask = _batch(99)
+    ids, types, mask = random_batch(99)
     ours = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
     with torch.no_grad():
         ref = hf(
@@ -78,7 +65,7 @@ def test_output_hidden_states(tmp_path):
 def test_padded_batch_equals_each_sequence_alone(tmp_path):
     path, hf = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="torch")
-    ids, types, mask = _batch(hf.config.vocab_size, batch=4, seq=11)
+    ids, types, mask = random_batch(hf.config.vocab_size, batch=4, seq=11)
     batched = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     for i in range(ids.shape[0]):
         n = int(mask[i].sum())
@@ -101,7 +88,7 @@ def test_output_is_indexable_and_hf_keywords_work(tmp_path):
 def test_low_precision_within_rule(tmp_path, dtype):
     """Error vs fp32 reference <= 3x the error HF itself makes in the same dtype (testing.md)."""
     path, hf = random_hf_bert(tmp_path)
-    ids, types, mask = _batch(99)
+    ids, types, mask = random_batch(99)
     ref = _hf_outputs(hf, ids, types, mask).last_hidden_state
     hf_low = transformers.BertModel.from_pretrained(path, dtype=dtype).eval()
     hf_err = max_abs_error(_hf_outputs(hf_low, ids, types, mask).last_hidden_state, ref, mask)

@@ -8,20 +8,10 @@ import torch
 
 from bertfast import BertModel
 from bertfast.model import PackedBatch
-from tests.helpers import assert_close, max_abs_error, random_hf_bert
+from tests.helpers import assert_close, max_abs_error, random_batch, random_hf_bert
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("triton")
-
-
-def _batch(vocab, batch=3, seq=13, type_vocab=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (batch, seq), generator=g)
-    types = torch.randint(0, type_vocab, (batch, seq), generator=g)
-    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    lengths[0], lengths[-1] = seq, 1
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    return ids, types, mask
 
 
 @pytest.mark.parametrize(
@@ -36,7 +26,9 @@ def _batch(vocab, batch=3, seq=13, type_vocab=2, seed=1):
 def test_random_checkpoint_parity(tmp_path, config):
     path, hf = random_hf_bert(tmp_path, **config)
     model = BertModel.from_pretrained(path, backend="triton")
-    ids, types, mask = _batch(hf.config.vocab_size, seq=29, type_vocab=hf.config.type_vocab_size)
+    ids, types, mask = random_batch(
+        hf.config.vocab_size, seq=29, type_vocab=hf.config.type_vocab_size
+    )
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
     out = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
@@ -56,7 +48,7 @@ def test_random_checkpoint_parity(tmp_path, config):
 def test_minilm_parity_short_inputs(minilm_dir):
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     model = BertModel.from_pretrained("all-MiniLM-L6-v2", backend="triton")
-    ids, types, mask = _batch(hf.config.vocab_size, batch=2, seq=9)
+    ids, types, mask = random_batch(hf.config.vocab_size, batch=2, seq=9)
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
     out = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
@@ -67,7 +59,7 @@ def test_padded_batch_equals_each_sequence_alone_and_torch_backend(tmp_path):
     path, _ = random_hf_bert(tmp_path)
     triton_model = BertModel.from_pretrained(path, backend="triton")
     torch_model = BertModel.from_pretrained(path, backend="torch")
-    ids, types, mask = _batch(99, batch=3, seq=17, seed=4)
+    ids, types, mask = random_batch(99, batch=3, seq=17, seed=4)
     packed = triton_model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     padded = torch_model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     assert max_abs_error(packed, padded, mask) <= 1e-5
@@ -80,7 +72,7 @@ def test_padded_batch_equals_each_sequence_alone_and_torch_backend(tmp_path):
 def test_padded_positions_computed_on_request(tmp_path):
     path, hf = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="triton")
-    ids, types, mask = _batch(99, seq=10, seed=2)
+    ids, types, mask = random_batch(99, seq=10, seed=2)
     out = model(ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True)
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
@@ -133,7 +125,7 @@ def test_explicit_triton_never_falls_back_to_torch(tmp_path, monkeypatch):
         # The op modules' names are shadowed by the functions in bertfast.ops: import by path.
         module = importlib.import_module(f"bertfast.ops.{op}")
         monkeypatch.setattr(module, f"{op}_reference", refuse)
-    ids, types, mask = _batch(99)
+    ids, types, mask = random_batch(99)
     out = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state

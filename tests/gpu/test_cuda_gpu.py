@@ -22,7 +22,7 @@ from bertfast.ops import (
     bias_residual_layer_norm_reference,
     embedding_layer_norm_reference,
 )
-from tests.helpers import assert_close, max_abs_error, random_hf_bert
+from tests.helpers import assert_close, max_abs_error, random_batch, random_hf_bert
 
 pytestmark = pytest.mark.gpu
 
@@ -370,13 +370,7 @@ def test_custom_ops_pass_opcheck():
 
 
 def _batch(vocab, batch, seq, type_vocab, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (batch, seq), generator=g)
-    types = torch.randint(0, type_vocab, (batch, seq), generator=g)
-    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    lengths[0], lengths[-1] = seq, 1
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    return ids.to(DEVICE), types.to(DEVICE), mask.to(DEVICE)
+    return tuple(t.to(DEVICE) for t in random_batch(vocab, batch, seq, type_vocab, seed))
 
 
 ENCODERS = {

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bertfast import BertConfig, BertModel, ops
+from tests import helpers
 from tests.helpers import max_abs_error
 
 pytestmark = pytest.mark.gpu
@@ -35,10 +36,7 @@ def rule(ours, low_ref, ref32, factor, what, rows=None):
 
 
 def mixed_mask(batch, seq, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    lengths[0], lengths[-1] = seq, 1
-    return (torch.arange(seq)[None, :] < lengths[:, None]).to(DEVICE)
+    return helpers.mixed_mask(batch, seq, seed).to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -132,10 +130,7 @@ def _hf_pair(config: BertConfig, dtype):
     torch.manual_seed(0)
     hf32 = transformers.BertModel._from_config(hf_config, attn_implementation="eager")
     hf32 = hf32.to(DEVICE).eval()
-    with torch.no_grad():  # non-trivial biases and norms, so that a dropped term shows
-        for name, p in hf32.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.normal_(1.0 if name.endswith("LayerNorm.weight") else 0.0, 0.1)
+    helpers.randomize_biases_and_norms(hf32)
     hf_low = transformers.BertModel._from_config(hf_config, attn_implementation="sdpa")
     hf_low = hf_low.to(DEVICE).eval()
     hf_low.load_state_dict(hf32.state_dict())

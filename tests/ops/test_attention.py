@@ -7,7 +7,7 @@ import torch
 
 from bertfast import ops
 from bertfast.ops import attention_reference
-from tests.helpers import assert_close
+from tests.helpers import assert_close, mixed_mask
 
 triton_attention = pytest.importorskip("bertfast.triton.attention")
 attention = triton_attention.attention
@@ -23,15 +23,6 @@ def naive_attention(qkv, num_heads, mask):
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     v = v.masked_fill(~mask[:, None, :, None], 0.0)
     return (probs @ v).transpose(1, 2).reshape(batch, seq, three_hidden // 3)
-
-
-def mixed_mask(batch, seq, seed=0):
-    """Random lengths, with one full row and one single-token row."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
-    lengths[0] = seq
-    lengths[-1] = 1
-    return torch.arange(seq)[None, :] < lengths[:, None]
 
 
 def packed_from_padded(qkv, mask):
