@@ -26,9 +26,31 @@ USER_ERRORS = (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in ("?", "*"):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The bertfast parsers: every subcommand gets HelpFormatter unless it asks for another."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
+    """``"bf16"`` -> torch.bfloat16; None stays None (the model's default, fp32)."""
     if name is None:
         return None
     if name not in DTYPES:
@@ -45,11 +67,116 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
         help="local Hugging Face model directory"
         + (f" (default: {default_model})" if default_model else ""),
     )
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda"))
     parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        help="kernels to run on: auto picks cuda, then triton, then torch on a GPU, "
+        "torch on the CPU; an explicit one that cannot run here is an error",
     )
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if torch sees a GPU, else cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES),
+        help="weights and activations (default: fp32); fp16 and bf16 are for GPUs, "
+        "the CPU runs them slowly",
+    )
+
+
+def available_devices() -> list[str]:
+    """The devices torch can run on here: cpu, then cuda:0 ..., then mps."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``name`` if it is usable here, else ValueError naming the devices that are."""
+    available = available_devices()
+    where = f"available here: {', '.join(available)}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{name!r} is not a device name; {where}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else "torch sees no CUDA GPU"
+            )
+            raise ValueError(f"device {name!r} is not available ({why}); {where}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} is not available; {where}")
+        return device
+    if device.type == "mps" and "mps" in available:
+        return device  # the torch backend's plain ops run there
+    raise ValueError(f"device {name!r} is not available; {where}")
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """Refuse an explicit backend that cannot run on ``device``, with the device reason first."""
+    if backend == "auto":
+        return
+    if backend == "cuda" and device.type != "cuda":
+        raise RuntimeError(
+            f"backend 'cuda' cannot run on {device}: the CUDA kernels need a CUDA device "
+            "(use --backend torch or auto here)"
+        )
+    reason = bertfast.backend_report(device).get(backend)
+    if reason is not None:
+        raise RuntimeError(f"backend {backend!r} cannot run on {device}: {reason}")
+
+
+def check_dtype(name: str | None, device: torch.device) -> None:
+    """Refuse a dtype the device cannot compute in, saying why."""
+    if name is None or name == "fp32":
+        return
+    dtype = DTYPES[name]
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            major, minor = torch.cuda.get_device_capability(device)
+            raise ValueError(
+                f"dtype bf16 cannot run on {device} (compute capability {major}.{minor}; "
+                "bf16 needs 8.0 or newer); use fp16 or fp32"
+            )
+        return
+    # Probe the ops a BERT layer needs: some CPU builds of torch lack half-precision kernels.
+    try:
+        x = torch.ones(2, 4, device=device, dtype=dtype)
+        torch.nn.functional.layer_norm(x @ x.T, (2,))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"dtype {name} cannot run on {device}: {first}; use fp32") from None
+
+
+def resolve_model_options(args: argparse.Namespace) -> str:
+    """Check --device, --backend and --dtype of a model command; returns the device to use.
+
+    Errors come in that order, so a backend refused on the CPU says "CPU" before "not built".
+    """
+    device = check_device(default_device(args.device))
+    check_backend(args.backend, device)
+    check_dtype(args.dtype, device)
+    if args.dtype in ("fp16", "bf16") and device.type == "cpu":
+        backend = bertfast.resolve_backend(args.backend, device)
+        print(
+            f"bertfast {args.command}: running {args.dtype} on the {backend} backend on cpu "
+            "(slower than fp32 there: CPUs have no fast half-precision matmul)",
+            file=sys.stderr,
+        )
+    return str(device)
 
 
 def default_device(device: str | None) -> str:
@@ -66,9 +193,7 @@ def _version(module: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    devices = [d for d in available_devices() if d != "mps"]
     report = {
         "bertfast": bertfast.__version__,
         "python": platform.python_version(),
@@ -109,9 +234,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     encoder = SentenceEncoder.from_pretrained(
         args.model,
         backend=args.backend,
-        device=default_device(args.device),
+        device=args.device,
         dtype=parse_dtype(args.dtype),
     )
+    dtype = next(encoder.model.parameters()).dtype
+    dtype_name = next((k for k, v in DTYPES.items() if v == dtype), str(dtype))
+    ran = f"{encoder.model.backend} backend, {dtype_name}, {encoder.device}"
     vectors = encoder.encode(texts, batch_size=args.batch_size)
     show = args.show or ("similarity" if len(texts) > 1 else "vectors")
     if show == "similarity":
@@ -120,7 +248,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"texts": texts, "cosine_similarity": sims}))
         else:
-            print(f"cosine similarity ({encoder.model.backend} backend, {encoder.device}):")
+            print(f"cosine similarity ({ran}):")
             for i, text in enumerate(texts):
                 row = " ".join(f"{s:6.3f}" for s in sims[i])
                 print(f"  [{i}] {row}  {text[:60]}")
@@ -128,6 +256,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"texts": texts, "embeddings": vectors.tolist()}))
     else:
+        print(f"embeddings ({ran}):")
         for text, vec in zip(texts, vectors, strict=True):
             head = " ".join(f"{x:+.4f}" for x in vec[:8].tolist())
             print(f"{text[:60]!r}: dim {vec.numel()}, norm {vec.norm():.4f}, [{head} ...]")
@@ -135,19 +264,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertfast", description="Fast, faithful BERT.")
+    parser = ArgumentParser(prog="bertfast", description="Fast, faithful BERT.")
     parser.add_argument("--version", action="version", version=f"bertfast {bertfast.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     info = sub.add_parser("info", help="versions, devices and which backends can run here")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(func=cmd_info)
 
     embed = sub.add_parser("embed", help="sentence embeddings and their cosine similarities")
     embed.add_argument("texts", nargs="*", help="texts to embed (default: one per line on stdin)")
     add_model_arguments(embed, DEFAULT_MODEL)
-    embed.add_argument("--show", choices=("vectors", "similarity"), default=None)
-    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument(
+        "--show",
+        choices=("vectors", "similarity"),
+        default=None,
+        help="what to print (default: similarity for two or more texts, else vectors)",
+    )
+    embed.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     embed.add_argument("--json", action="store_true", help="print JSON")
     embed.set_defaults(func=cmd_embed)
 
@@ -163,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
+        if hasattr(args, "backend") and hasattr(args, "dtype"):
+            args.device = resolve_model_options(args)
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"bertfast {args.command}: error: {exc}", file=sys.stderr)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from bertfast.bench.settings import CONFIG_NAMES, DTYPES, E2E_BACKENDS
 
+# Default results folder, under the current directory and named for what it holds, so a run
+# never writes into a repository's committed results (benchmarks/results/ here).
+DEFAULT_OUTPUT = "bertfast-bench-results"
+
 DESCRIPTION = """\
 Benchmark bertfast against Hugging Face transformers (eager, SDPA, torch.compile) on the same
 weights and inputs: an end-to-end grid (time, tokens/s, TFLOP/s, fraction of the measured
@@ -16,23 +20,43 @@ results.json, results.md and PNG plots. See benchmarks/README.md for the columns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cuda if torch sees a GPU, else cpu)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a small grid and fewer repeats (GPU: < 4 min)"
     )
     parser.add_argument(
         "--output",
-        help="folder for the results (default: benchmarks/results/<device-tag>); with --plot, "
-        "where the plots go (default: beside the file)",
-    )
-    parser.add_argument("--configs", nargs="+", metavar="NAME", help=", ".join(CONFIG_NAMES))
-    parser.add_argument("--batches", nargs="+", type=int, metavar="B")
-    parser.add_argument("--seqs", nargs="+", type=int, metavar="S")
-    parser.add_argument(
-        "--dtypes", nargs="+", metavar="DTYPE", help=f"{', '.join(DTYPES)} (GPU default bf16 fp16)"
+        help=f"folder for the results (default: ./{DEFAULT_OUTPUT}/<device-tag>, e.g. "
+        f"./{DEFAULT_OUTPUT}/cpu); with --plot, where the plots go (default: beside the file)",
     )
     parser.add_argument(
-        "--backends", nargs="+", metavar="NAME", help=f"default all: {', '.join(E2E_BACKENDS)}"
+        "--configs",
+        nargs="+",
+        metavar="NAME",
+        help=f"models among {', '.join(CONFIG_NAMES)} (default: the device's grid, see "
+        "benchmarks/README.md)",
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, metavar="B", help="batch sizes (default: the grid's)"
+    )
+    parser.add_argument(
+        "--seqs", nargs="+", type=int, metavar="S", help="sequence lengths (default: the grid's)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        metavar="DTYPE",
+        help=f"among {', '.join(DTYPES)} (default: bf16 fp16 on a GPU, bf16 with --quick; "
+        "fp32 on the CPU)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help=f"among {', '.join(E2E_BACKENDS)} (default: all; those that cannot run here are "
+        "listed as skipped)",
     )
     parser.add_argument(
         "--varlen",
@@ -47,10 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile-on-cpu", action="store_true", help="run the hf-compile baseline on the CPU too"
     )
-    parser.add_argument("--rep-ms", type=float, help="measuring time per row, in ms")
-    parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
     parser.add_argument(
-        "--plot", metavar="RESULTS_JSON", help="only draw the plots of an existing results file"
+        "--rep-ms",
+        type=float,
+        help="measuring time per row, in ms (default: GPU 500, CPU 1000; --quick 150 / 300)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default: 0)")
+    parser.add_argument(
+        "--plot",
+        metavar="RESULTS_JSON",
+        help="only draw the plots of an existing results file (default: measure, then plot)",
     )
 
 
@@ -64,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bertfast.bench.settings import make_settings
     from bertfast.bench.suite import device_tag, run_suite
+    from bertfast.cli import check_device
 
+    device = None if args.device is None else str(check_device(args.device))
     settings = make_settings(
-        device=args.device,
+        device=device,
         quick=args.quick,
         configs=args.configs,
         batches=args.batches,
@@ -79,9 +111,15 @@ def run(args: argparse.Namespace) -> int:
         rep_ms=args.rep_ms,
         seed=args.seed,
     )
-    output = args.output or Path("benchmarks") / "results" / device_tag(settings.device)
+    output = args.output or Path(DEFAULT_OUTPUT) / device_tag(settings.device)
     run_suite(settings, output)
     return 0
+
+
+def _formatter() -> type[argparse.HelpFormatter]:
+    from bertfast.cli import HelpFormatter
+
+    return HelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "bench",
         help="benchmark against Hugging Face transformers",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter(),
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -102,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bertfast bench",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter(),
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -156,33 +156,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fill = add("fill-mask", "predict the tokens at [MASK]", cmd_fill_mask)
     _texts_argument(fill, "texts with [MASK]")
-    fill.add_argument("--top-k", type=int, default=5)
+    fill.add_argument("--top-k", type=int, default=5, help="predictions shown per [MASK]")
     fill.add_argument(
-        "--target", action="append", help="only score this token (repeat for several)"
+        "--target",
+        action="append",
+        help="only score this token (repeat for several; default: every token)",
     )
 
     nsp = add("nsp", "probability that sentence B follows sentence A", cmd_nsp)
-    nsp.add_argument("sentence_a")
-    nsp.add_argument("sentence_b")
+    nsp.add_argument("sentence_a", help="the first sentence")
+    nsp.add_argument("sentence_b", help="the sentence that may follow it")
 
     classify = add("classify", "label texts or a text pair (sentiment, NLI ...)", cmd_classify)
     _texts_argument(classify, "texts to classify")
-    classify.add_argument("--pair", help="second text of a pair (e.g. NLI hypothesis)")
-    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument(
+        "--pair", help="second text of a pair, e.g. an NLI hypothesis (default: none)"
+    )
+    classify.add_argument("--top-k", type=int, default=1, help="labels shown per text")
     classify.add_argument("--all", action="store_true", help="show every label")
-    classify.add_argument("--function", choices=("softmax", "sigmoid", "none"), default=None)
+    classify.add_argument(
+        "--function",
+        choices=("softmax", "sigmoid", "none"),
+        default=None,
+        help="applied to the logits (default: as transformers: none for regression, sigmoid "
+        "for multi-label or one-output models, else softmax)",
+    )
     classify.add_argument("--truncate", action="store_true", help="cut over-long inputs")
 
     ner = add("ner", "named entities (token classification)", cmd_ner)
     _texts_argument(ner, "texts to tag")
-    ner.add_argument("--aggregation", choices=AGGREGATION_STRATEGIES, default="simple")
+    ner.add_argument(
+        "--aggregation",
+        choices=AGGREGATION_STRATEGIES,
+        default="simple",
+        help="how word pieces are merged into entities (none: one row per token)",
+    )
 
     qa = add("qa", "extract the answer to a question from a context", cmd_qa)
-    qa.add_argument("--question", required=True)
-    qa.add_argument("--context")
-    qa.add_argument("--context-file", help="read the context from this file")
-    qa.add_argument("--top-k", type=int, default=1)
-    qa.add_argument("--max-answer-len", type=int, default=15)
-    qa.add_argument("--doc-stride", type=int, default=None)
-    qa.add_argument("--max-seq-len", type=int, default=None)
-    qa.add_argument("--handle-impossible-answer", action="store_true")
+    qa.add_argument("--question", required=True, help="the question to answer")
+    qa.add_argument(
+        "--context", help="the text to find the answer in (this or --context-file; no default)"
+    )
+    qa.add_argument(
+        "--context-file", help="read the context from this file (default: use --context)"
+    )
+    qa.add_argument("--top-k", type=int, default=1, help="answers shown")
+    qa.add_argument("--max-answer-len", type=int, default=15, help="longest answer, in tokens")
+    qa.add_argument(
+        "--doc-stride",
+        type=int,
+        default=None,
+        help="tokens shared by consecutive windows of a long context "
+        "(default: half of --max-seq-len, at most 128)",
+    )
+    qa.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="tokens per window, question included (default: 384 capped at the model's "
+        "max_position_embeddings)",
+    )
+    qa.add_argument(
+        "--handle-impossible-answer",
+        action="store_true",
+        help="allow the empty answer (SQuAD 2.0 style) when it scores best",
+    )
