@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import platform
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import bertfast
 from bertfast.weights import DEFAULT_MODEL
 
 # Modules that add subcommands through ``register(subparsers)``.
-COMMAND_MODULES = ("bertfast.pipelines.cli", "bertfast.bench.cli")
+COMMAND_MODULES = ("bertfast.pipelines.cli", "bertfast.bench.cli", "bertfast.serve.cli")
 USER_ERRORS = (
     ValueError,
     TypeError,
@@ -240,27 +241,55 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dtype = next(encoder.model.parameters()).dtype
     dtype_name = next((k for k, v in DTYPES.items() if v == dtype), str(dtype))
     ran = f"{encoder.model.backend} backend, {dtype_name}, {encoder.device}"
-    vectors = encoder.encode(texts, batch_size=args.batch_size)
+    vectors = encoder.encode(texts, batch_size=args.batch_size, convert_to_tensor=True)
+    bad_rows = (~torch.isfinite(vectors).all(dim=1)).nonzero().flatten().tolist()
     show = args.show or ("similarity" if len(texts) > 1 else "vectors")
     if show == "similarity":
         unit = torch.nn.functional.normalize(vectors, dim=1)
         sims = (unit @ unit.T).tolist()
         if args.json:
-            print(json.dumps({"texts": texts, "cosine_similarity": sims}))
+            print(finite_json({"texts": texts, "cosine_similarity": sims}))
         else:
             print(f"cosine similarity ({ran}):")
             for i, text in enumerate(texts):
                 row = " ".join(f"{s:6.3f}" for s in sims[i])
                 print(f"  [{i}] {row}  {text[:60]}")
-        return 0
+        return _report_non_finite(bad_rows)
     if args.json:
-        print(json.dumps({"texts": texts, "embeddings": vectors.tolist()}))
+        print(finite_json({"texts": texts, "embeddings": vectors.tolist()}))
     else:
         print(f"embeddings ({ran}):")
         for text, vec in zip(texts, vectors, strict=True):
             head = " ".join(f"{x:+.4f}" for x in vec[:8].tolist())
             print(f"{text[:60]!r}: dim {vec.numel()}, norm {vec.norm():.4f}, [{head} ...]")
-    return 0
+    return _report_non_finite(bad_rows)
+
+
+def finite_json(data) -> str:
+    """JSON with every NaN / infinity written as null: bare NaN and Infinity are not JSON."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), allow_nan=False)
+
+
+def _report_non_finite(bad_rows: list[int]) -> int:
+    """Exit status 1, with a message, when the model produced non-finite values."""
+    if not bad_rows:
+        return 0
+    print(
+        f"bertfast embed: error: the model produced non-finite values (NaN or infinity) for "
+        f"text(s) {bad_rows}; they are shown as null in JSON. Try --dtype fp32",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

