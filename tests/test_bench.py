@@ -247,3 +247,92 @@ def test_register_adds_the_bench_subcommand():
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--device", "cpu", "--dtypes", "fp32"])
     assert args.func is cli.run and args.quick and args.dtypes == ["fp32"]
+
+
+def test_cpu_kernel_grid_leaves_out_sdpa_kernels_that_need_cuda(suite_run):
+    results, _, lines = suite_run
+    backends = {r["backend"] for r in results["kernel_rows"]}
+    assert "sdpa-math" in backends
+    assert not backends & {"sdpa-efficient", "sdpa-cudnn"}
+    left_out = {s["backend"]: s["reason"] for s in results["skipped"] if s["kind"] == "kernel"}
+    assert left_out["sdpa-efficient"] == left_out["sdpa-cudnn"] == "not available on cpu"
+    assert not any("turning off both" in s["reason"] for s in results["skipped"])
+    assert not any("turning off both" in line for line in lines)
+
+
+def test_kernel_section_says_what_ran_and_why_no_bertfast_rows(suite_run):
+    results, out, _ = suite_run
+    text = (out / "results.md").read_text()
+    assert "## Kernels: BERT-base layer (H 768, 12 heads of 64, I 3072) at b2×s32, fp32" in text
+    assert "BERT-base shapes" not in text
+    note = next(line for line in text.splitlines() if line.startswith("No bertfast kernel rows"))
+    assert "`bertfast-cuda`:" in note  # the reason the CUDA kernels are not timed here
+
+
+def test_kernel_note_is_absent_when_bertfast_kernels_ran(suite_run):
+    results, _, _ = suite_run
+    kernel = {**results["kernel_rows"][0], "backend": "bertfast-triton"}
+    text = render_markdown({**results, "kernel_rows": [*results["kernel_rows"], kernel]})
+    assert "No bertfast kernel rows" not in text
+
+
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("name", ["speedup.png", "floor.png", "kernels.png"])
+def test_plots_are_readable(name):
+    """Titles inside the figure, the legend clear of every bar, each bar labelled with its value."""
+    pytest.importorskip("matplotlib")
+    from bertfast.bench import report
+
+    results = _small_results()
+    long_name = "AMD EPYC 9654 96-Core Processor with a long marketing name"
+    results["device"]["name"] = long_name
+    # More backends and cases than fit beside a legend inside the axes.
+    for backend in ("hf-eager", "bertfast-torch", "bertfast-cuda"):
+        for batch in (1, 8, 32):
+            results["rows"].append(
+                {**results["rows"][0], "backend": backend, "batch": batch, "frac_ceiling": 0.9}
+            )
+    figures = {
+        "speedup.png": lambda: report._e2e_figure(
+            results, "speedup_vs_hf_sdpa", "speedup", "Speedup over HF SDPA", 1.0
+        ),
+        "floor.png": lambda: report._e2e_figure(
+            results,
+            "frac_ceiling",
+            "floor / time",
+            "Fraction of the compute floor (FLOPs at the measured matmul ceiling / time)",
+            None,
+            "{:.0%}",
+        ),
+        "kernels.png": lambda: report._kernel_figure(results),
+    }
+    fig = figures[name]()
+    renderer = _drawn(fig)
+    figure_box = fig.bbox
+    title = fig._suptitle
+    assert title is not None and long_name.split()[0] in title.get_text()
+    box = title.get_window_extent(renderer)
+    assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and box.y1 <= figure_box.y1
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [p for c in ax.containers for p in c.patches if p.get_height() == p.get_height()]
+        assert bars
+        for bar in bars:
+            assert not _overlaps(legend, bar.get_window_extent(renderer))
+        labels = [t for t in ax.texts if t.get_text()]
+        finite = [b for b in bars if b.get_height() > 0]
+        assert len(labels) == len(finite)
+        assert all(
+            t.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y1 + 1
+            for t in labels
+        )  # value labels fit under the top of the axes

@@ -34,9 +34,13 @@ from bertfast.bench.timing import benchmark, empty_cache, synchronize
 from bertfast.config import BertConfig
 
 KERNEL_OPS = ("attention", "embedding_layer_norm", "bias_residual_layer_norm", "bias_gelu")
+# SDPA kernels torch has for CUDA only: on another device they are left out of the grid (and
+# listed as skipped once), not tried and refused with torch's dispatcher text.
+SDPA_CUDA_ONLY = ("efficient", "cudnn")
 
 
-def _sdpa_backends() -> list[tuple[str, object]]:
+def _sdpa_backends(device: torch.device | None = None) -> list[tuple[str, object]]:
+    """SDPA's kernels as (label, SDPBackend) that can exist on ``device`` (None: every one)."""
     from torch.nn.attention import SDPBackend
 
     names = [
@@ -46,7 +50,10 @@ def _sdpa_backends() -> list[tuple[str, object]]:
         ("cudnn", "CUDNN_ATTENTION"),
     ]
     return [
-        (label, getattr(SDPBackend, attr)) for label, attr in names if hasattr(SDPBackend, attr)
+        (label, getattr(SDPBackend, attr))
+        for label, attr in names
+        if hasattr(SDPBackend, attr)
+        and (device is None or device.type == "cuda" or label not in SDPA_CUDA_ONLY)
     ]
 
 
@@ -96,7 +103,7 @@ def _attention_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCas
     case.candidates.append(
         Candidate("torch-ref", "padded", lambda x: ops.attention(x["qkv"], heads))
     )
-    for label, backend in _sdpa_backends():
+    for label, backend in _sdpa_backends(torch.device(device)):
         case.candidates.append(
             Candidate(
                 f"sdpa-{label}",
@@ -246,6 +253,11 @@ OP_CASES = {
 }
 
 
+def _backend_skip(backend: str, reason: str) -> dict:
+    """A kernel candidate left out of every op and shape, and why."""
+    return {"kind": "kernel", "op": None, "backend": backend, "variant": None, "reason": reason}
+
+
 def _skip(op: str, cand: Candidate, batch: int, seq: int, dtype: str, reason: str) -> dict:
     return {
         "kind": "kernel",
@@ -294,14 +306,27 @@ def run_kernels(
     """Time every op at the settings' kernel shapes; returns (kernel_rows, skipped)."""
     device = torch.device(settings.device)
     cfg = BertConfig.preset("bert-base")
-    kernel_backends = [
-        kb
-        for kb in ("triton", "cuda")
-        if f"bertfast-{kb}" in settings.backends
-        and RUNNERS[f"bertfast-{kb}"].unavailable_reason(device) is None
-    ]
     rows: list[dict] = []
     skipped: list[dict] = []
+    if not settings.kernel_shapes:
+        return rows, skipped
+    kernel_backends = []
+    for kb in ("triton", "cuda"):
+        if f"bertfast-{kb}" not in settings.backends:
+            continue
+        reason = RUNNERS[f"bertfast-{kb}"].unavailable_reason(device)
+        if reason is None:
+            kernel_backends.append(kb)
+        else:  # said once here, so the report can tell why no bertfast kernel rows appear
+            skipped.append(_backend_skip(f"bertfast-{kb}", reason))
+    if device.type != "cuda":
+        for label in SDPA_CUDA_ONLY:
+            skipped.append(
+                {
+                    **_backend_skip(f"sdpa-{label}", f"not available on {device.type}"),
+                    "op": "attention",
+                }
+            )
     torch.manual_seed(settings.seed)
     for batch, seq in settings.kernel_shapes:
         for dtype_name in settings.dtypes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from bertfast.bench.settings import E2E_BACKENDS
@@ -137,8 +138,9 @@ def render_markdown(results: dict) -> str:
     if results["kernel_rows"]:
         lines += [
             "",
-            "## Kernels (BERT-base shapes)",
+            f"## Kernels: {kernel_section_title(results['kernel_rows'])}",
             "",
+            *_kernel_note(results),
             *_table(results["kernel_rows"], KERNEL_COLUMNS),
         ]
     if results["skipped"]:
@@ -148,6 +150,37 @@ def render_markdown(results: dict) -> str:
     if "elapsed_s" in results:
         lines += ["", f"Run took {results['elapsed_s']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def kernel_section_title(kernel_rows: list[dict]) -> str:
+    """What the kernel rows ran: the layer shape and every batch × seq and dtype measured."""
+    shapes = dict.fromkeys(f"b{r['batch']}×s{r['seq']}" for r in kernel_rows)
+    dtypes = dict.fromkeys(r["dtype"] for r in kernel_rows)
+    return (
+        "BERT-base layer (H 768, 12 heads of 64, I 3072) at "
+        + ", ".join(shapes)
+        + ", "
+        + ", ".join(dtypes)
+    )
+
+
+def _kernel_note(results: dict) -> list[str]:
+    """Why no bertfast kernel rows appear, when none do (on the CPU: no kernel backend runs)."""
+    if any(r["backend"].startswith("bertfast-") for r in results["kernel_rows"]):
+        return []
+    reasons = [
+        f"`{s['backend']}`: {s['reason']}"
+        for s in results["skipped"]
+        if s.get("kind") == "kernel" and s["backend"].startswith("bertfast-") and not s.get("op")
+    ]
+    device = results.get("settings", {}).get("device", "this device")
+    text = (
+        f"No bertfast kernel rows: no kernel backend can be timed on {device}, so these rows "
+        "compare torch variants only (bertfast's torch backend runs the `torch-ref` ops)."
+    )
+    if reasons:
+        text += " " + "; ".join(reasons) + "."
+    return [text, ""]
 
 
 def _settings_line(settings: dict) -> str:
@@ -172,18 +205,44 @@ def _case_label(r: dict) -> str:
     return f"{r['config']} b{r['batch']}×s{r['seq']}" + (" varlen" if r["case"] == "varlen" else "")
 
 
-def _bars(ax, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+def _bars(
+    ax, labels: list[str], series: dict[str, list[float]], ylabel: str, fmt: str = "{:.2f}"
+) -> None:
+    """Grouped bars, each with its value on top; the legend outside the axes, right of them."""
     width = 0.8 / max(len(series), 1)
+    vertical = len(labels) * len(series) > 12  # many narrow bars: turn their labels
     for j, (name, values) in enumerate(series.items()):
         offset = (j - (len(series) - 1) / 2) * width
-        ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+        bars = ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
+        texts = ["" if math.isnan(v) else fmt.format(v) for v in values]
+        ax.bar_label(
+            bars,
+            texts,
+            padding=2,
+            fontsize=7,
+            rotation=90 if vertical else 0,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
+        )
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
+    ax.set_ylim(0, _top(series) * (1.25 if vertical else 1.15))  # room for the value labels
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(len(series), 4))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def _e2e_figure(results: dict, key: str, ylabel: str, title: str, hline: float | None):
+def _top(series: dict[str, list[float]]) -> float:
+    finite = [v for values in series.values() for v in values if not math.isnan(v)]
+    return max(finite, default=1.0) or 1.0
+
+
+def _wrapped(text: str, fig_width_in: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit the figure's width (at most 0.75 em a character)."""
+    return textwrap.fill(text, width=max(20, int(fig_width_in * 72 / (0.75 * fontsize))))
+
+
+def _e2e_figure(
+    results: dict, key: str, ylabel: str, title: str, hline: float | None, fmt: str = "{:.2f}"
+):
     from matplotlib.figure import Figure
 
     rows = results["rows"]
@@ -192,9 +251,9 @@ def _e2e_figure(results: dict, key: str, ylabel: str, title: str, hline: float |
         d: list(dict.fromkeys(_case_label(r) for r in rows if r["dtype"] == d)) for d in dtypes
     }
     widest = max((len(v) for v in labels_by_dtype.values()), default=1)
-    fig = Figure(
-        figsize=(max(6.0, 0.6 * widest + 2), 4.2 * max(len(dtypes), 1)), layout="constrained"
-    )
+    width = max(7.0, 0.9 * widest + 3)  # + the legend column on the right
+    fig = Figure(figsize=(width, 4.2 * max(len(dtypes), 1) + 0.4), layout="constrained")
+    fig.suptitle(_wrapped(f"{title} — {results.get('device', {}).get('name', '')}", width, 11))
     axes = fig.subplots(max(len(dtypes), 1), 1, squeeze=False)[:, 0]
     for ax, dtype in zip(axes, dtypes, strict=False):
         labels = labels_by_dtype[dtype]
@@ -204,10 +263,10 @@ def _e2e_figure(results: dict, key: str, ylabel: str, title: str, hline: float |
             b: [math.nan if value.get((b, c)) is None else value[b, c] for c in labels]
             for b in backends
         }
-        _bars(ax, labels, series, ylabel)
+        _bars(ax, labels, series, ylabel, fmt)
         if hline is not None:
             ax.axhline(hline, color="black", linewidth=0.8)
-        ax.set_title(f"{title} ({dtype}, {results.get('device', {}).get('name', '')})", fontsize=10)
+        ax.set_title(dtype, fontsize=10)
     return fig
 
 
@@ -216,7 +275,14 @@ def _kernel_figure(results: dict):
 
     rows = results["kernel_rows"]
     op_names = list(dict.fromkeys(r["op"] for r in rows))
-    fig = Figure(figsize=(10, 3.6 * len(op_names)), layout="constrained")
+    fig = Figure(figsize=(10, 3.6 * len(op_names) + 0.4), layout="constrained")
+    fig.suptitle(
+        _wrapped(
+            f"Kernels: {kernel_section_title(rows)} — {results.get('device', {}).get('name', '')}",
+            10,
+            11,
+        )
+    )
     axes = fig.subplots(len(op_names), 1, squeeze=False)[:, 0]
     for ax, op in zip(axes, op_names, strict=True):
         op_rows = [r for r in rows if r["op"] == op]
@@ -233,7 +299,7 @@ def _kernel_figure(results: dict):
             n: [math.nan if value.get((n, c)) is None else value[n, c] for c in labels]
             for n in names
         }
-        _bars(ax, labels, series, "fraction of ceiling")
+        _bars(ax, labels, series, "fraction of ceiling", "{:.0%}")
         metric = op_rows[0]["metric"]
         ceiling = "matmul" if metric == "TFLOP/s" else "copy"
         ax.set_title(f"{op}: {metric} / measured {ceiling} ceiling", fontsize=10)
@@ -266,8 +332,10 @@ def plot_results(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
                     results,
                     "frac_ceiling",
                     "compute floor / measured time",
-                    "Fraction of the compute floor (measured matmul ceiling)",
+                    "Fraction of the compute floor (FLOPs at the measured matmul ceiling "
+                    "/ measured time)",
                     None,
+                    "{:.0%}",
                 ),
             )
         )
