@@ -245,6 +245,9 @@ def _bertfast_reason(backend: str) -> Callable[[torch.device], str | None]:
             return (
                 "Triton kernels are timed on CUDA devices only (the CPU has just the interpreter)"
             )
+        if backend == "cuda" and device.type != "cuda":
+            # The device reason first: building the extension would not make it run here.
+            return f"the CUDA kernels run on CUDA devices only, not on {device.type}"
         return ops.backend_report(device)[backend]
 
     return reason
