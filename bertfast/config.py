@@ -25,6 +25,33 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _label_map(name: str, value: Any, key_type: type, value_type: type) -> dict:
+    """id2label / label2id as a dict with typed keys and values; anything else names itself."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        example = '{"0": "NEGATIVE", "1": "POSITIVE"}' if name == "id2label" else '{"NEGATIVE": 0}'
+        raise ValueError(
+            f"{name} must be an object such as {example}, got a {type(value).__name__}"
+        )
+    out = {}
+    for k, v in value.items():
+        try:
+            if isinstance(v, bool) or (value_type is int and not isinstance(v, (int, str))):
+                raise ValueError
+            out[key_type(k)] = value_type(v)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} entry {k!r}: {v!r} does not map a {key_type.__name__} to a "
+                f"{value_type.__name__}"
+            ) from None
+    return out
+
+
 @dataclass
 class BertConfig:
     """Shape and hyper-parameters of a BERT encoder, with Hugging Face's field names."""
@@ -50,8 +77,8 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
-        self.label2id = {str(k): int(v) for k, v in (self.label2id or {}).items()}
+        self.id2label = _label_map("id2label", self.id2label, int, str)
+        self.label2id = _label_map("label2id", self.label2id, str, int)
         if self.id2label and not self.label2id:
             self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id and not self.id2label:
@@ -60,6 +87,23 @@ class BertConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when the encoder cannot honour it."""
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is None and name == "classifier_dropout":
+                continue
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not _is_number(self.initializer_range) or self.initializer_range < 0:
+            raise ValueError(
+                f"initializer_range must be a non-negative number, got {self.initializer_range!r}"
+            )
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
+            raise ValueError(
+                f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}"
+            )
+        for name in ("hidden_act", "position_embedding_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -120,20 +164,56 @@ class BertConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BertConfig:
         """Build from the fields of a Hugging Face config.json; unknown keys are kept in extra."""
-        model_type = data.get("model_type", "bert")
-        if model_type != "bert":
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        model_type = data.get("model_type")
+        if model_type is None:
+            # No model_type: the architectures say what the checkpoint is, as transformers reads.
+            architectures = data.get("architectures") or []
+            if not isinstance(architectures, list):
+                raise ValueError(f"architectures must be a list, got {architectures!r}")
+            foreign = [a for a in architectures if not str(a).startswith("Bert")]
+            if foreign:
+                raise ValueError(
+                    f"config has no model_type and architectures {foreign} are not BERT; "
+                    "bertfast loads BERT checkpoints only (model_type 'bert')"
+                )
+        elif model_type != "bert":
             raise ValueError(f"model_type {model_type!r} is not supported; expected 'bert'")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
+        extra = {k: v for k, v in data.items() if k not in names and k != "num_labels"}
         if known.get("classifier_dropout") is None:
             known.pop("classifier_dropout", None)
+        num_labels = data.get("num_labels")
+        if num_labels is not None:
+            if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+                raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+            given = known.get("id2label") or known.get("label2id")
+            if not given:  # transformers names them LABEL_0, LABEL_1, ...
+                known["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+            elif isinstance(given, dict) and len(given) != num_labels:
+                raise ValueError(
+                    f"num_labels is {num_labels} but id2label/label2id has {len(given)} labels"
+                )
         return cls(**known, extra=extra)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read a config.json; any problem with it is a ValueError that names the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{os.fspath(path)}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{os.fspath(path)}: a config must be a JSON object, got {type(data).__name__}"
+            )
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> BertConfig:

@@ -643,3 +643,52 @@ def test_encode_with_offsets_stride_too_large_is_a_value_error(ours):
             max_length=20,
             stride=15,
         )
+
+
+# ---------------------------------------------------------------- loading by name, offsets
+
+
+def test_bundled_name_loads_like_the_model(minilm_dir, fast):
+    by_name = BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
+    assert by_name("Hello, world!") == BertTokenizer.from_pretrained(minilm_dir)("Hello, world!")
+    assert by_name("Hello, world!")["input_ids"] == fast("Hello, world!")["input_ids"]
+    assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").vocab_size
+
+
+def test_unknown_name_says_no_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory containing"):
+        BertTokenizer.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text", ["café naïve Ångström", "emoji 😀👍🏽 test", "", TEXTS[8]])
+def test_offsets_mapping_matches_fast(ours, fast, text):
+    got = ours(text, return_offsets_mapping=True)
+    want = fast(text, return_offsets_mapping=True)
+    assert [tuple(o) for o in got["offset_mapping"]] == list(want["offset_mapping"])
+    assert got["input_ids"] == want["input_ids"]
+
+
+def test_offsets_mapping_batch_tensors_match_fast(ours, fast):
+    kwargs = dict(padding=True, truncation=True, max_length=12, return_offsets_mapping=True)
+    got = ours(BATCH, return_tensors="pt", **kwargs)
+    want = fast(BATCH, return_tensors="pt", **kwargs)
+    assert torch.equal(got["offset_mapping"], want["offset_mapping"])
+    pair = ours("How old?", "Six.", return_offsets_mapping=True)["offset_mapping"]
+    assert [tuple(o) for o in pair] == fast("How old?", "Six.", return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+
+
+def test_malformed_tokenizer_files_name_the_file(minilm_dir, tmp_path):
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{minilm_dir}/{name}", tmp_path / name)
+    (tmp_path / "tokenizer_config.json").write_text("{")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("[]")
+    with pytest.raises(ValueError, match="tokenizer_config.json: expected a JSON object"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text('{"model": 3}')
+    with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer file"):
+        BertTokenizer.from_pretrained(tmp_path)

