@@ -1,28 +1,69 @@
-"""Low-latency inference: the whole encoder replayed from a CUDA graph.
+"""Low-latency inference: the padding-free encoder replayed from CUDA graphs.
 
 A BERT-base forward is about a hundred kernel launches; at small batches the host spends more
-time launching them than the GPU spends running them. ``CUDAGraphEncoder`` captures the forward
-once per input shape and replays it with a single launch.
+time launching them than the GPU spends running them. ``PackedGraphs`` captures the packed
+(padding-free) encoder once per *bucket* and replays it with a single launch.
 
-Inside a graph every shape is fixed, so there is no packing: padded batches run the padded
-attention form with the mask as an input, and padded positions are computed (as Hugging Face
-computes them) rather than skipped.
+A bucket is a (token count, sequence count) pair from a ladder (``GraphBuckets``). A batch of
+``n`` sequences holding ``t`` real tokens runs in the smallest bucket with at least ``t``
+tokens and ``n`` sequences: its ids, positions, types and ``cu_seqlens`` are copied into the
+bucket's static buffers; sequence slots past ``n`` have length 0 and token slots past ``t``
+belong to no sequence. The attention grid is sized for the bucket's bounds and its programs
+exit at once past their sequence's end, so one graph serves every batch that fits.
+
+Inputs outside the ladder (more tokens or sequences than its top rung, a sequence longer than
+``max_position_embeddings``) run eagerly; so do ``output_hidden_states``, left-padded batches
+with a pooler, training and anything with grad enabled.
+
+All graphs share one memory pool (``torch.cuda.graph_pool_handle``); at most ``max_graphs``
+are kept, the least recently used goes first. Concurrent callers are safe: one lock per
+runner serialises copy-in, replay and copy-out (the static buffers are shared), so threads
+calling one model take turns on the GPU, as they would on one stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
-from bertfast.model import BertModel, BertModelOutput, prepare_inputs
+from bertfast.model import BertModel, BertModelOutput, PackedBatch
 
 # capture(fn) runs fn once while recording it and returns a replay function.
 Capture = Callable[[Callable[[], None]], Callable[[], None]]
 
+DEFAULT_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+DEFAULT_SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-def cuda_graph_capture(fn: Callable[[], None], warmup: int = 2) -> Callable[[], None]:
+
+@dataclass(frozen=True)
+class GraphBuckets:
+    """The ladder: token counts and sequence counts a graph is captured for, each ascending."""
+
+    tokens: tuple[int, ...] = DEFAULT_TOKEN_BUCKETS
+    sequences: tuple[int, ...] = DEFAULT_SEQUENCE_BUCKETS
+
+    def __post_init__(self):
+        for name, ladder in (("tokens", self.tokens), ("sequences", self.sequences)):
+            if not ladder or any(not isinstance(v, int) or v < 1 for v in ladder):
+                raise ValueError(f"GraphBuckets.{name} must be positive ints, got {ladder!r}")
+            if list(ladder) != sorted(set(ladder)):
+                raise ValueError(f"GraphBuckets.{name} must be strictly ascending, got {ladder!r}")
+
+    def select(self, total_tokens: int, num_sequences: int) -> tuple[int, int] | None:
+        """The smallest (tokens, sequences) bucket that holds the batch, or None."""
+        i = bisect.bisect_left(self.tokens, total_tokens)
+        j = bisect.bisect_left(self.sequences, num_sequences)
+        if i == len(self.tokens) or j == len(self.sequences):
+            return None
+        return self.tokens[i], self.sequences[j]
+
+
+def cuda_graph_capture(fn: Callable[[], None], pool=None, warmup: int = 2) -> Callable[[], None]:
     """Warm up on a side stream (kernels compile there), then capture ``fn`` into a graph."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -31,75 +72,185 @@ def cuda_graph_capture(fn: Callable[[], None], warmup: int = 2) -> Callable[[], 
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         fn()
     return graph.replay
 
 
 @dataclass
 class _Captured:
-    """One shape's static input and output buffers and its replay function."""
+    """One bucket's static buffers and its replay function."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor  # bool
-    token_type_ids: torch.Tensor
-    position_ids: torch.Tensor
+    input_ids: torch.Tensor  # (tokens,)
+    token_type_ids: torch.Tensor  # (tokens,)
+    position_ids: torch.Tensor  # (tokens,)
+    cu_seqlens: torch.Tensor  # (sequences + 1,) int32
+    first_tokens: torch.Tensor  # (sequences,) each sequence's first token, for the pooler
     outputs: dict
     replay: Callable[[], None] | None = None
 
 
-class CUDAGraphEncoder:
-    """Calls like ``BertModel`` (inference only); each new (batch, seq) captures a graph.
+class PackedGraphs:
+    """The graph runner of one ``BertModel`` (made by the model on its first graph forward).
 
-    Inputs are validated before they are copied in (one host sync, as in ``BertModel``);
-    outputs are fresh tensors, not views of the graph's buffers. ``max_graphs`` bounds how many
-    shapes are kept (each holds its own memory pool); pad inputs to a few fixed lengths to
-    reuse graphs.
+    ``capture`` replaces the CUDA capture (tests record instead); with it the runner works on
+    any device.
     """
 
-    def __init__(self, model: BertModel, max_graphs: int = 16, capture: Capture | None = None):
+    def __init__(
+        self,
+        model: BertModel,
+        buckets: GraphBuckets | None = None,
+        max_graphs: int = 32,
+        capture: Capture | None = None,
+    ):
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.model = model
+        self.buckets = buckets or GraphBuckets()
+        self.max_graphs = max_graphs
+        self.capture_is_custom = capture is not None
+        self._capture = capture
+        self._pool = None
+        self._graphs: OrderedDict[tuple[int, int], _Captured] = OrderedDict()
+        self._lock = threading.Lock()
+        self.replays = 0  # forwards served from a graph
+        self.eager_fallbacks = 0  # forwards that did not fit the ladder
+
+    @property
+    def captured(self) -> list[tuple[int, int]]:
+        """The buckets held now, least recently used first."""
+        return list(self._graphs)
+
+    def warmup(self, shapes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Capture ahead of traffic: each (total_tokens, num_sequences) picks its bucket."""
+        captured = []
+        with self._lock, torch.inference_mode():
+            for tokens, sequences in shapes:
+                key = self.buckets.select(tokens, sequences)
+                if key is None:
+                    raise ValueError(
+                        f"{tokens} tokens in {sequences} sequences is beyond the bucket ladder "
+                        f"(tokens up to {self.buckets.tokens[-1]}, sequences up to "
+                        f"{self.buckets.sequences[-1]})"
+                    )
+                self._graph_for(key)
+                captured.append(key)
+        return captured
+
+    def _capture_fn(self, fn: Callable[[], None]) -> Callable[[], None]:
+        if self._capture is not None:
+            return self._capture(fn)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return cuda_graph_capture(fn, self._pool)
+
+    def _max_length(self, tokens: int) -> int:
+        """The attention grid's bound on a sequence's length in a bucket of ``tokens``."""
+        return min(tokens, self.model.config.max_position_embeddings)
+
+    def _run_static(self, cap: _Captured, tokens: int) -> None:
+        model = self.model
+        hidden = model.encode_packed(
+            cap.input_ids,
+            cap.token_type_ids,
+            cap.position_ids,
+            cap.cu_seqlens,
+            self._max_length(tokens),
+            validate=False,
+        )
+        cap.outputs["hidden"] = hidden
+        if model.pooler is not None:
+            cap.outputs["pooled"] = model.pool(hidden.index_select(0, cap.first_tokens)[:, None])
+
+    def _graph_for(self, key: tuple[int, int]) -> _Captured:
+        cap = self._graphs.get(key)
+        if cap is not None:
+            self._graphs.move_to_end(key)
+            return cap
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)  # the least recently used bucket goes
+        tokens, sequences = key
+        device = self.model.device
+        zeros = lambda n, dtype=torch.long: torch.zeros(n, dtype=dtype, device=device)
+        cap = _Captured(
+            input_ids=zeros(tokens),
+            token_type_ids=zeros(tokens),
+            position_ids=zeros(tokens),
+            cu_seqlens=zeros(sequences + 1, torch.int32),
+            first_tokens=zeros(sequences),
+            outputs={},
+        )
+        cap.replay = self._capture_fn(lambda: self._run_static(cap, tokens))
+        self._graphs[key] = cap
+        return cap
+
+    def run(self, prepared) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(last_hidden_state, pooler_output) from a graph, or None when the batch does not
+        fit the ladder (the caller runs it eagerly)."""
+        ids = prepared.input_ids
+        batch, seq = ids.shape
+        lengths = prepared.lengths if prepared.has_padding else [seq] * batch
+        total = sum(lengths)
+        key = self.buckets.select(total, batch)
+        if key is None or max(lengths) > self._max_length(key[0]):
+            self.eager_fallbacks += 1
+            return None
+        offsets = [0]
+        for length in lengths:
+            offsets.append(offsets[-1] + length)
+        tokens, sequences = key
+        # Empty slots: length 0 at the end; their pooler row reads token 0 and is dropped.
+        cu_host = offsets + [total] * (sequences - batch)
+        first_host = [min(o, tokens - 1) for o in cu_host[:-1]]
+        host = torch.tensor(cu_host + first_host, dtype=torch.long)
+        packed = PackedBatch.from_mask(prepared.mask, lengths) if prepared.has_padding else None
+        with self._lock:
+            cap = self._graph_for(key)
+            for static, source in (
+                (cap.input_ids, prepared.input_ids),
+                (cap.token_type_ids, prepared.token_type_ids),
+                (cap.position_ids, prepared.position_ids),
+            ):
+                flat = source.reshape(-1)
+                if packed is None:
+                    static[:total].copy_(flat)
+                else:
+                    torch.index_select(flat, 0, packed.indices, out=static[:total])
+            device_host = host.to(ids.device, non_blocking=True)
+            cap.cu_seqlens.copy_(device_host[: sequences + 1])
+            cap.first_tokens.copy_(device_host[sequences + 1 :])
+            cap.replay()
+            self.replays += 1
+            hidden = cap.outputs["hidden"][:total]
+            if packed is None:
+                out = hidden.reshape(batch, seq, -1).clone()
+            else:
+                out = packed.unpack(hidden)
+            pooled = cap.outputs.get("pooled")
+            pooled = None if pooled is None else pooled[:batch].clone()
+        return out, pooled
+
+
+class CUDAGraphEncoder:
+    """Calls like ``BertModel`` (inference only) and always tries the graph path.
+
+    Kept for callers of the earlier API: ``BertModel`` replays graphs by itself on CUDA now.
+    """
+
+    def __init__(self, model: BertModel, max_graphs: int = 32, capture: Capture | None = None):
         if model.training:
             raise ValueError("CUDAGraphEncoder runs inference only: call model.eval() first")
         if capture is None and model.device.type != "cuda":
             raise RuntimeError(
                 f"CUDA graphs need the model on a CUDA device; it is on {model.device}"
             )
-        if max_graphs < 1:
-            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        model.enable_cuda_graphs(max_graphs=max_graphs, capture=capture)
         self.model = model
-        self.max_graphs = max_graphs
-        self._capture = capture or cuda_graph_capture
-        self._graphs: dict[tuple[int, int], _Captured] = {}
 
     @property
     def captured_shapes(self) -> list[tuple[int, int]]:
-        return list(self._graphs)
-
-    def _run_static(self, cap: _Captured) -> None:
-        hidden = self.model.encode_padded(
-            cap.input_ids, cap.token_type_ids, cap.position_ids, cap.attention_mask
-        )
-        cap.outputs["last_hidden_state"] = hidden
-        cap.outputs["pooler_output"] = self.model.pool(hidden)
-
-    def _graph_for(self, batch: int, seq: int) -> _Captured:
-        key = (batch, seq)
-        cap = self._graphs.get(key)
-        if cap is not None:
-            return cap
-        if len(self._graphs) >= self.max_graphs:
-            self._graphs.pop(next(iter(self._graphs)))  # the oldest shape goes
-        device = self.model.device
-        cap = _Captured(
-            input_ids=torch.zeros(batch, seq, dtype=torch.long, device=device),
-            attention_mask=torch.ones(batch, seq, dtype=torch.bool, device=device),
-            token_type_ids=torch.zeros(batch, seq, dtype=torch.long, device=device),
-            position_ids=torch.arange(seq, device=device).repeat(batch, 1),
-            outputs={},
-        )
-        cap.replay = self._capture(lambda: self._run_static(cap))
-        self._graphs[key] = cap
-        return cap
+        return self.model.graphs.captured
 
     @torch.inference_mode()
     def __call__(
@@ -109,21 +260,7 @@ class CUDAGraphEncoder:
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> BertModelOutput:
-        model = self.model
-        ids, mask, types, positions, _, _ = prepare_inputs(
-            model.config, input_ids, attention_mask, token_type_ids, position_ids, model.device
-        )
-        cap = self._graph_for(*ids.shape)
-        cap.input_ids.copy_(ids)
-        cap.token_type_ids.copy_(types)
-        cap.position_ids.copy_(positions)
-        if mask is None:
-            cap.attention_mask.fill_(True)
-        else:
-            cap.attention_mask.copy_(mask)
-        cap.replay()
-        pooled = cap.outputs["pooler_output"]
-        return BertModelOutput(
-            cap.outputs["last_hidden_state"].clone(),
-            None if pooled is None else pooled.clone(),
-        )
+        return self.model(input_ids, attention_mask, token_type_ids, position_ids)
+
+
+__all__ = ["CUDAGraphEncoder", "GraphBuckets", "PackedGraphs", "cuda_graph_capture"]

@@ -43,19 +43,25 @@ class BertModelOutput:
 class PackedBatch:
     """A padded batch's real tokens back to back, and how to put them back."""
 
-    indices: torch.Tensor  # (total_tokens,) flat positions of real tokens in batch * seq
+    indices: torch.Tensor | None  # (total_tokens,) flat positions of real tokens; None: all
     cu_seqlens: torch.Tensor  # (batch + 1,) int32 offsets
     max_seqlen: int
     batch: int
     seq: int
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> PackedBatch:
-        lengths = mask.sum(dim=1, dtype=torch.int32)
-        cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-        indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    def from_mask(cls, mask: torch.Tensor, lengths: list[int] | None = None) -> PackedBatch:
+        """Pack by a (batch, seq) bool mask; with the rows' ``lengths`` known on the host
+        (``prepare_inputs`` returns them) nothing here waits for the device."""
         batch, seq = mask.shape
-        return cls(indices, cu_seqlens, int(lengths.max()) if batch else 0, batch, seq)
+        if lengths is None:
+            lengths = mask.sum(dim=1).tolist()  # one host sync
+        offsets = [0]
+        for length in lengths:
+            offsets.append(offsets[-1] + length)
+        cu_seqlens = torch.tensor(offsets, dtype=torch.int32).to(mask.device, non_blocking=True)
+        indices = real_token_indices(mask, offsets[-1])
+        return cls(indices, cu_seqlens, max(lengths, default=0), batch, seq)
 
     @classmethod
     def dense(cls, batch: int, seq: int, device: torch.device) -> PackedBatch:
@@ -74,6 +80,20 @@ class PackedBatch:
         out = packed.new_zeros(self.batch * self.seq, *packed.shape[1:])
         out.index_copy_(0, self.indices, packed)
         return out.view(self.batch, self.seq, *packed.shape[1:])
+
+
+def real_token_indices(mask: torch.Tensor, total: int) -> torch.Tensor:
+    """Flat positions of the True entries of ``mask`` in order, given their count ``total``.
+
+    ``nonzero`` would wait for the device to learn the count; with it known on the host, each
+    real token scatters its position to its rank and the padding to one spare slot.
+    """
+    flat = mask.reshape(-1)
+    rank = torch.cumsum(flat, 0) - 1
+    slot = torch.where(flat, rank, total)
+    positions = torch.arange(flat.numel(), device=mask.device)
+    indices = torch.empty(total + 1, dtype=torch.long, device=mask.device)
+    return indices.scatter_(0, slot, positions)[:total]
 
 
 class _ZeroRowGradient(torch.autograd.Function):
@@ -102,7 +122,9 @@ class BertEmbeddings(nn.Module):
         self.layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps, **kw)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids, backend: str) -> torch.Tensor:
+    def forward(
+        self, input_ids, token_type_ids, position_ids, backend: str, validate: bool = True
+    ) -> torch.Tensor:
         words = self.word_embeddings.weight
         padding_idx = self.word_embeddings.padding_idx
         if padding_idx is not None and words.requires_grad and torch.is_grad_enabled():
@@ -118,6 +140,7 @@ class BertEmbeddings(nn.Module):
             self.layer_norm.bias,
             self.layer_norm.eps,
             backend=backend,
+            validate=validate,
         )
         return self.dropout(out)
 
@@ -140,7 +163,9 @@ class BertLayer(nn.Module):
         self.output_norm = nn.LayerNorm(h, eps=config.layer_norm_eps, **kw)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def _residual_norm(self, x, linear: nn.Linear, residual, norm: nn.LayerNorm, backend: str):
+    def _residual_norm(
+        self, x, linear: nn.Linear, residual, norm: nn.LayerNorm, backend: str, validate: bool
+    ):
         if self.training and self.dropout.p > 0:
             # Dropout sits between the bias and the residual, so the bias cannot be fused here.
             x = self.dropout(x + linear.bias)
@@ -148,7 +173,7 @@ class BertLayer(nn.Module):
         else:
             bias = linear.bias
         return ops.bias_residual_layer_norm(
-            x, bias, residual, norm.weight, norm.bias, norm.eps, backend=backend
+            x, bias, residual, norm.weight, norm.bias, norm.eps, backend=backend, validate=validate
         )
 
     def forward(
@@ -158,7 +183,11 @@ class BertLayer(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
+        validate: bool = True,
+        fused_epilogues: bool = False,
     ) -> torch.Tensor:
+        """One layer; ``fused_epilogues`` runs the three GEMMs that have elementwise work after
+        them with that work inside the GEMM (``ops.linear_epilogue``, inference only)."""
         qkv = F.linear(hidden, self.qkv.weight, self.qkv.bias)
         context = ops.attention(
             qkv,
@@ -169,19 +198,44 @@ class BertLayer(nn.Module):
             dropout_p=self.attention_dropout if self.training else 0.0,
             backend=backend,
             check_cu_seqlens=False,  # PackedBatch built them
+            validate=validate,
         )
+        if fused_epilogues:
+            return self._forward_fused(context, hidden, backend, validate)
         attn = F.linear(context, self.attention_output.weight)
         hidden = self._residual_norm(
-            attn, self.attention_output, hidden, self.attention_norm, backend
+            attn, self.attention_output, hidden, self.attention_norm, backend, validate
         )
         inter = ops.bias_gelu(
             F.linear(hidden, self.intermediate.weight),
             self.intermediate.bias,
             self.gelu_approximate,
             backend=backend,
+            validate=validate,
         )
         out = F.linear(inter, self.output.weight)
-        return self._residual_norm(out, self.output, hidden, self.output_norm, backend)
+        return self._residual_norm(out, self.output, hidden, self.output_norm, backend, validate)
+
+    def _forward_fused(self, context, hidden, backend: str, validate: bool) -> torch.Tensor:
+        def project(x, linear: nn.Linear, epilogue: str, residual=None, norm=None):
+            return ops.linear_epilogue(
+                x,
+                linear.weight,
+                linear.bias,
+                epilogue,
+                residual,
+                None if norm is None else norm.weight,
+                None if norm is None else norm.bias,
+                1e-12 if norm is None else norm.eps,
+                backend=backend,
+                validate=validate,
+            )
+
+        norm_epilogue = "bias_residual_layer_norm"
+        hidden = project(context, self.attention_output, norm_epilogue, hidden, self.attention_norm)
+        gelu = "bias_gelu_tanh" if self.gelu_approximate == "tanh" else "bias_gelu"
+        inter = project(hidden, self.intermediate, gelu)
+        return project(inter, self.output, norm_epilogue, hidden, self.output_norm)
 
 
 def _check_id_tensor(name: str, t: torch.Tensor, shape: torch.Size | None) -> None:
@@ -202,6 +256,22 @@ class PreparedInputs(NamedTuple):
     position_ids: torch.Tensor
     has_padding: bool  # any position is padding
     first_padded: bool  # some row's first position (the pooler's input) is padding
+    lengths: list[int] | None = None  # real tokens per row, known on the host (with a mask)
+
+
+def _broadcast_ids(name: str, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(seq,) and (1, seq) broadcast over the batch, as transformers does."""
+    _check_id_tensor(name, t, None)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() == 2 and t.shape[0] == 1 and t.shape[1] == shape[1]:
+        t = t.expand(shape)
+    if t.shape != shape:
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)}; input_ids has {tuple(shape)} (a (1, seq) or "
+            "(seq,) tensor is broadcast over the batch)"
+        )
+    return t
 
 
 def prepare_inputs(
@@ -212,7 +282,12 @@ def prepare_inputs(
     position_ids: torch.Tensor | None,
     device: torch.device,
 ) -> PreparedInputs:
-    """Validate every input before any kernel runs (one device sync for all range checks)."""
+    """Validate every input before any kernel runs.
+
+    The range checks, mask flags and row lengths come back in one device-to-host read; inputs
+    that arrive on the CPU (as the tokenizer makes them) are checked there before they move,
+    so the device is never waited for.
+    """
     _check_id_tensor("input_ids", input_ids, None)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
@@ -225,20 +300,16 @@ def prepare_inputs(
             f"({config.max_position_embeddings}); truncate the input"
         )
     shape = input_ids.shape
+    home = input_ids.device  # checks run where the ids are
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
-    _check_id_tensor("token_type_ids", token_type_ids, shape)
-    if position_ids is None:
-        position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
     else:
-        _check_id_tensor("position_ids", position_ids, None)
-        if position_ids.dim() == 1:
-            position_ids = position_ids.expand(batch, -1)
-        if position_ids.shape != shape:
-            raise ValueError(
-                f"position_ids has shape {tuple(position_ids.shape)}; input_ids has {tuple(shape)}"
-            )
-    mask = None
+        token_type_ids = _broadcast_ids("token_type_ids", token_type_ids, shape).to(home)
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=home).expand(batch, seq)
+    else:
+        position_ids = _broadcast_ids("position_ids", position_ids, shape).to(home)
+    am = None
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask)}")
@@ -247,17 +318,15 @@ def prepare_inputs(
                 f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
                 f"input_ids {tuple(shape)} (1 = real token, 0 = padding)"
             )
-        mask = attention_mask.to(device) != 0
-    tensors = [t.to(device) for t in (input_ids, token_type_ids, position_ids)]
-    input_ids, token_type_ids, position_ids = tensors
-    # Every range check and mask flag in one device-to-host copy.
+        am = attention_mask.to(home)
+    # Every range check, mask flag and row length in one device-to-host copy.
     stacked = torch.stack([t.reshape(-1).long() for t in (input_ids, token_type_ids, position_ids)])
     low, high = torch.aminmax(stacked, dim=1)
     stats = [low, high]
-    if attention_mask is not None:
-        am = attention_mask.to(device)
+    if am is not None:
+        mask = am != 0
         flags = [((am != 0) & (am != 1)).any(), (~mask).any(), (~mask[:, 0]).any()]
-        stats.append(torch.stack(flags).long())
+        stats += [torch.stack(flags).long(), mask.sum(dim=1)]
     values = torch.cat(stats).tolist()
     limits = (
         ("input_ids", config.vocab_size, "vocab_size"),
@@ -272,11 +341,19 @@ def prepare_inputs(
                 f"({what}={limit})"
             )
     has_padding = first_padded = False
-    if attention_mask is not None:
+    lengths = mask = None
+    if am is not None:
         if values[6]:
             raise ValueError("attention_mask must hold only 0 and 1 (or True/False)")
         has_padding, first_padded = bool(values[7]), bool(values[8])
-    return PreparedInputs(input_ids, mask, token_type_ids, position_ids, has_padding, first_padded)
+        lengths = values[9:]
+        mask = (am != 0).to(device)
+    input_ids, token_type_ids, position_ids = (
+        t.to(device) for t in (input_ids, token_type_ids, position_ids)
+    )
+    return PreparedInputs(
+        input_ids, mask, token_type_ids, position_ids, has_padding, first_padded, lengths
+    )
 
 
 class BertModel(nn.Module):
@@ -289,7 +366,13 @@ class BertModel(nn.Module):
         add_pooling_layer: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        cuda_graphs: bool = True,
+        fused_epilogues: bool = False,
     ):
+        """``cuda_graphs``: on CUDA, inference (eval mode, no grad) replays captured graphs of
+        the padding-free encoder (see ``bertfast.graphs``); False runs every forward eagerly.
+        ``fused_epilogues``: on the Triton backend, inference runs bias + GELU and bias +
+        residual + LayerNorm inside the GEMMs (``ops.linear_epilogue``)."""
         super().__init__()
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
@@ -307,6 +390,10 @@ class BertModel(nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size, **kw) if add_pooling_layer else None
         )
         self._resolved: dict[torch.device, str] = {}
+        self.cuda_graphs = cuda_graphs
+        self.fused_epilogues = fused_epilogues
+        self.graphs = None  # bertfast.graphs.PackedGraphs, made on the first graph forward
+        self._validated: set[tuple] = set()  # (device, dtype, backend) whose layouts passed
         self.init_weights()
 
     @torch.no_grad()
@@ -359,15 +446,25 @@ class BertModel(nn.Module):
         (each attends to the real tokens), for callers whose result depends on them.
         """
         backend = self.backend
-        input_ids, mask, token_type_ids, position_ids, has_padding, first_padded = prepare_inputs(
+        prepared = prepare_inputs(
             self.config, input_ids, attention_mask, token_type_ids, position_ids, self.device
         )
+        input_ids, mask, token_type_ids, position_ids, has_padding, first_padded, lengths = prepared
         # Left padding: the pooler reads position 0, which the padding-free path skips.
         compute_padded_positions |= first_padded and self.pooler is not None
         if backend != "torch" and self.training and torch.is_grad_enabled():
             raise NotImplementedError(
                 f"the {backend} kernels have no backward pass; train with backend='torch'"
             )
+        graphs = None
+        if not (output_hidden_states or (has_padding and compute_padded_positions)):
+            graphs = self._graphs_for_forward(backend)
+        if graphs is not None:
+            result = graphs.run(prepared)
+            if result is not None:
+                output = BertModelOutput(*result)
+                return output if return_dict else output.to_tuple()
+        validate = self._first_forward_on(backend)
         all_hidden: list[torch.Tensor] = []
         if backend == "torch" or (has_padding and compute_padded_positions):
             hidden = self.encode_padded(
@@ -380,27 +477,86 @@ class BertModel(nn.Module):
         else:
             batch, seq = input_ids.shape
             packed = (
-                PackedBatch.from_mask(mask)
+                PackedBatch.from_mask(mask, lengths)
                 if has_padding
                 else PackedBatch.dense(batch, seq, input_ids.device)
             )
-            hidden = self.embeddings(
+            hidden = self.encode_packed(
                 packed.pack(input_ids),
                 packed.pack(token_type_ids),
                 packed.pack(position_ids),
-                backend,
+                packed.cu_seqlens,
+                packed.max_seqlen,
+                validate=validate,
+                collect=all_hidden if output_hidden_states else None,
             )
-            for layer in self.layers:
-                if output_hidden_states:
-                    all_hidden.append(packed.unpack(hidden))
-                hidden = layer(
-                    hidden, backend, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen
-                )
             hidden = packed.unpack(hidden)
+            all_hidden = [packed.unpack(h) for h in all_hidden]
+        self._validated.add((self.device, self.dtype, backend))
         pooled = self.pool(hidden)
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         output = BertModelOutput(hidden, pooled, hidden_states)
         return output if return_dict else output.to_tuple()
+
+    def _first_forward_on(self, backend: str) -> bool:
+        """Layouts of weights are checked on the first forward per device, dtype and backend;
+        later forwards skip the per-op checks (the inputs are validated at the edge)."""
+        return (self.device, self.dtype, backend) not in self._validated
+
+    def _graphs_for_forward(self, backend: str):
+        """The graph runner when this forward may replay a graph, else None."""
+        if self.graphs is not None and self.graphs.capture_is_custom:
+            pass  # a test's capture seam: graphs on any device
+        elif not self.cuda_graphs or self.device.type != "cuda" or backend == "torch":
+            return None
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None  # already inside someone's capture: run the ops into it
+        if self.graphs is None:
+            from bertfast.graphs import PackedGraphs
+
+            self.graphs = PackedGraphs(self)
+        return self.graphs
+
+    def enable_cuda_graphs(self, **kwargs) -> None:
+        """Replace the graph runner (keyword arguments of ``bertfast.graphs.PackedGraphs``:
+        ``buckets``, ``max_graphs``, ``capture``) and turn graphs on."""
+        from bertfast.graphs import PackedGraphs
+
+        self.cuda_graphs = True
+        self.graphs = PackedGraphs(self, **kwargs)
+
+    def encode_packed(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        validate: bool = True,
+        collect: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The encoder over packed tokens (total_tokens,) described by ``cu_seqlens``.
+
+        No host sync happens here (the graph runner captures it). ``max_seqlen`` may be a bound
+        above the longest sequence; ``collect`` receives each layer's input.
+        """
+        backend = self.backend
+        fused = self.fused_epilogues and backend == "triton" and not self.training
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend, validate)
+        for layer in self.layers:
+            if collect is not None:
+                collect.append(hidden)
+            hidden = layer(
+                hidden,
+                backend,
+                cu_seqlens=cu_seqlens,
+                max_seqlen=max_seqlen,
+                validate=validate,
+                fused_epilogues=fused,
+            )
+        return hidden
 
     def encode_padded(
         self,

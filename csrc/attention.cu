@@ -560,7 +560,7 @@ void attention(std::uintptr_t out, std::uintptr_t qkv, std::uintptr_t mask,
                long long max_seqlen, int num_heads, int head_dim, long long stride_qkv_batch,
                long long stride_qkv_token, long long stride_out_batch,
                long long stride_out_token, long long stride_mask_batch, int dtype, int device,
-               std::uintptr_t stream) {
+               std::uintptr_t stream, bool check_pointers) {
   const bool packed = cu_seqlens != 0;
   check_dtype_code(dtype);
   dispatch_head_dim(head_dim, [](auto) {});  // rejects an unsupported head_dim
@@ -581,10 +581,12 @@ void attention(std::uintptr_t out, std::uintptr_t qkv, std::uintptr_t mask,
   const long long hidden = static_cast<long long>(num_heads) * head_dim;
   if (hidden > 0x3fffffffLL) throw_invalid("attention: hidden size too large");
   set_device(device);
-  check_device_pointer("out", out, device);
-  check_device_pointer("qkv", qkv, device);
-  if (packed) check_device_pointer("cu_seqlens", cu_seqlens, device);
-  if (mask != 0) check_device_pointer("key_padding_mask", mask, device);
+  if (check_pointers) {
+    check_device_pointer("out", out, device);
+    check_device_pointer("qkv", qkv, device);
+    if (packed) check_device_pointer("cu_seqlens", cu_seqlens, device);
+    if (mask != 0) check_device_pointer("key_padding_mask", mask, device);
+  }
 
   AttentionParams p{};
   p.out = reinterpret_cast<void*>(out);

@@ -55,29 +55,48 @@ namespace bertfast {
 // the guard against a host pointer slipping through.
 
 // Make `device` current for this thread's CUDA runtime. The extension carries its own
-// (static) runtime, whose current device is independent of the one PyTorch's runtime tracks,
-// so it is set on every call; both runtimes share the device's primary context, so PyTorch's
-// allocations and streams are valid here.
-inline void set_device(int device) {
+// (static) runtime, whose current device is independent of the one PyTorch's runtime tracks;
+// both runtimes share the device's primary context, so PyTorch's allocations and streams are
+// valid here. The device count is queried once per process and the current device is
+// remembered per thread (only this extension sets it in its runtime), so a launch on the
+// device already current makes no CUDA API call here.
+struct DeviceCount {
   int count = 0;
-  cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    cudaGetLastError();  // clear the (non-sticky) error so a later call starts clean
-    throw std::runtime_error(
-        std::string("bertfast._cuda: no usable CUDA device (cudaGetDeviceCount: ") +
-        (err == cudaSuccess ? std::string("0 devices") : cudaGetErrorString(err)) +
-        "); the CUDA kernels need an NVIDIA GPU with compute capability 8.0 or newer");
-  }
-  if (device < 0 || device >= count) {
-    throw_invalid("device index " + std::to_string(device) + " out of range; " +
-                  std::to_string(count) + " CUDA device(s) visible");
-  }
-  int current = -1;
-  BF_CUDA_CHECK(cudaGetDevice(&current));
-  if (current != device) BF_CUDA_CHECK(cudaSetDevice(device));
+  cudaError_t error = cudaSuccess;
+};
+
+inline const DeviceCount& device_count() {
+  static const DeviceCount cached = [] {
+    DeviceCount found;
+    found.error = cudaGetDeviceCount(&found.count);
+    if (found.error != cudaSuccess) cudaGetLastError();  // clear the (non-sticky) error
+    return found;
+  }();
+  return cached;
 }
 
-// `ptr` must be device (or managed) memory on `device`.
+inline void set_device(int device) {
+  thread_local int current = -1;
+  if (device == current) return;
+  const DeviceCount& devices = device_count();
+  if (devices.error != cudaSuccess || devices.count == 0) {
+    throw std::runtime_error(
+        std::string("bertfast._cuda: no usable CUDA device (cudaGetDeviceCount: ") +
+        (devices.error == cudaSuccess ? std::string("0 devices")
+                                      : cudaGetErrorString(devices.error)) +
+        "); the CUDA kernels need an NVIDIA GPU with compute capability 8.0 or newer");
+  }
+  if (device < 0 || device >= devices.count) {
+    throw_invalid("device index " + std::to_string(device) + " out of range; " +
+                  std::to_string(devices.count) + " CUDA device(s) visible");
+  }
+  BF_CUDA_CHECK(cudaSetDevice(device));
+  current = device;
+}
+
+// `ptr` must be device (or managed) memory on `device`. A pointer query per tensor: made
+// when the caller asks (check_pointers), which the Python launchers skip because torch has
+// told them each tensor's device already.
 inline void check_device_pointer(const char* name, std::uintptr_t ptr, int device) {
   if (ptr == 0) throw_invalid(std::string(name) + " is a null pointer");
   cudaPointerAttributes attr{};

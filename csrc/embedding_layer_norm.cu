@@ -82,7 +82,7 @@ void embedding_layer_norm(std::uintptr_t out, std::uintptr_t input_ids,
                           std::uintptr_t word, std::uintptr_t position, std::uintptr_t token_type,
                           std::uintptr_t weight, std::uintptr_t bias, long long tokens,
                           long long hidden, bool ids_int64, int dtype, double eps, int device,
-                          std::uintptr_t stream) {
+                          std::uintptr_t stream, bool check_pointers) {
   if (tokens < 0 || hidden <= 0) {
     throw_invalid("embedding_layer_norm: tokens must be >= 0 and hidden > 0, got tokens=" +
                   std::to_string(tokens) + " hidden=" + std::to_string(hidden));
@@ -91,9 +91,11 @@ void embedding_layer_norm(std::uintptr_t out, std::uintptr_t input_ids,
   check_dtype_code(dtype);
   if (tokens == 0) return;
   set_device(device);
-  check_device_pointer("out", out, device);
-  check_device_pointer("word_embeddings", word, device);
-  check_device_pointer("input_ids", input_ids, device);
+  if (check_pointers) {
+    check_device_pointer("out", out, device);
+    check_device_pointer("word_embeddings", word, device);
+    check_device_pointer("input_ids", input_ids, device);
+  }
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);

@@ -38,7 +38,7 @@ def tune_case(head_dim: int, batch: int, seq: int, dtype: torch.dtype) -> dict:
     case = {"head_dim": head_dim, "batch": batch, "seq": seq, "configs": []}
     default = triton_attention._block_sizes(head_dim, seq)
     for config in [default, *CONFIGS]:
-        run = functools.partial(triton_attention._launch, qkv, heads, None, cu, seq, config)
+        run = functools.partial(triton_attention.launch, qkv, heads, None, cu, seq, config)
         try:
             err = (run().float() - expected).abs().max().item()
             ms = do_bench(run, warmup=25, rep=100)

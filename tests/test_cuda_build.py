@@ -4,6 +4,7 @@ Python launchers reject bad inputs with errors that name what was given."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import shutil
@@ -20,10 +21,12 @@ from bertfast.cuda import attention as attention_module
 from bertfast.cuda import bias_gelu as bias_gelu_module
 from bertfast.cuda import bias_residual_layer_norm as layer_norm_module
 from bertfast.cuda import embedding_layer_norm as embedding_module
-from bertfast.cuda.attention import attention
-from bertfast.cuda.bias_gelu import bias_gelu
-from bertfast.cuda.bias_residual_layer_norm import bias_residual_layer_norm
-from bertfast.cuda.embedding_layer_norm import embedding_layer_norm
+
+# The checked entry points of the CUDA kernels are the ops with backend="cuda".
+attention = functools.partial(ops.attention, backend="cuda")
+bias_gelu = functools.partial(ops.bias_gelu, backend="cuda")
+bias_residual_layer_norm = functools.partial(ops.bias_residual_layer_norm, backend="cuda")
+embedding_layer_norm = functools.partial(ops.embedding_layer_norm, backend="cuda")
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("80", "90a")
@@ -211,7 +214,7 @@ def test_build_flags_keep_accurate_math(built):
 
 def test_attention_rejects_bad_inputs():
     qkv = torch.randn(1, 4, 3 * 64, dtype=torch.float16)
-    with pytest.raises(TypeError, match="qkv has dtype torch.int32; the CUDA kernel supports"):
+    with pytest.raises(TypeError, match="qkv has dtype torch.int32; supported"):
         attention(torch.zeros(1, 4, 3 * 64, dtype=torch.int32), 2)
     with pytest.raises(ValueError, match="last-dimension stride 2"):
         attention(torch.randn(1, 4, 3 * 64 * 2, dtype=torch.float16)[..., ::2], 2)
@@ -261,7 +264,7 @@ def test_embedding_rejects_bad_inputs():
         torch.ones(8),
         torch.zeros(8),
     ]
-    with pytest.raises(TypeError, match="input_ids has dtype torch.float32"):
+    with pytest.raises(TypeError, match="input_ids must be int32 or int64, got torch.float32"):
         embedding_layer_norm(ids.float(), ids, ids, *tables, 1e-12)
     with pytest.raises(ValueError, match=r"position_ids has shape \(2, 2\)"):
         embedding_layer_norm(ids, ids, ids[:, :2], *tables, 1e-12)
@@ -295,15 +298,15 @@ def test_custom_ops_have_fake_implementations():
     with FakeTensorMode():
         qkv = torch.empty(10, 3 * 64, dtype=torch.float16)
         cu = torch.empty(3, dtype=torch.int32)
-        out = torch.ops.bertfast.cuda_attention(qkv, 2, None, cu, 7)
+        out = torch.ops.bertfast.attention(qkv, 2, None, cu, 7, "cuda")
         x = torch.empty(4, 6, 32)
-        gelu = torch.ops.bertfast.cuda_bias_gelu(x, None, "none")
-        ln = torch.ops.bertfast.cuda_bias_residual_layer_norm(
-            x, None, x, torch.empty(32), torch.empty(32), 1e-5
+        gelu = torch.ops.bertfast.bias_gelu(x, None, "none", "cuda")
+        ln = torch.ops.bertfast.bias_residual_layer_norm(
+            x, None, x, torch.empty(32), torch.empty(32), 1e-5, "cuda"
         )
         ids = torch.empty(5, dtype=torch.long)
-        emb = torch.ops.bertfast.cuda_embedding_layer_norm(
-            ids, ids, ids, x[0], x[0], x[0], torch.empty(32), torch.empty(32), 1e-5
+        emb = torch.ops.bertfast.embedding_layer_norm(
+            ids, ids, ids, x[0], x[0], x[0], torch.empty(32), torch.empty(32), 1e-5, "cuda"
         )
     assert out.shape == (10, 64) and out.dtype == torch.float16
     assert gelu.shape == ln.shape == (4, 6, 32)
@@ -349,7 +352,6 @@ def recorder(monkeypatch):
     rec = _Recorder()
     monkeypatch.setattr(_launch, "_extension", rec)
     for module in LAUNCHER_MODULES:
-        monkeypatch.setattr(module, "check_cuda", lambda *args: None)
         monkeypatch.setattr(
             module, "launch_context", lambda t: (_launch.DTYPE_CODES[t.dtype], 0, STREAM)
         )
@@ -357,21 +359,21 @@ def recorder(monkeypatch):
 
 
 def _recorded_calls():
-    """One call of every launcher, in its main forms, through the recording stand-in."""
+    """One call of every launch, in its main forms, through the recording stand-in."""
     big = torch.randn(2, 5, 3 * 64 + 8)
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    attention(big[..., : 3 * 64], 2, key_padding_mask=mask)
+    attention_module.launch(big[..., : 3 * 64], 2, mask, None, None)
     misaligned = torch.randn(7, 3 * 64 + 3, dtype=torch.float16)[:, : 3 * 64]
     cu = torch.tensor([0, 3, 7], dtype=torch.int32)
-    attention(misaligned, 2, cu_seqlens=cu, max_seqlen=4)
+    attention_module.launch(misaligned, 2, None, cu, 4)
     x = torch.randn(3, 4, 40)[:, :, :32]  # rows of 32 with a row stride of 40
     v = torch.randn(32)
-    bias_residual_layer_norm(x, None, x, v, v, 0.5)
-    bias_gelu(x.reshape(12, 32)[:, :16], v[:16], "tanh")
+    layer_norm_module.launch(x, None, x, v, v, 0.5)
+    bias_gelu_module.launch(x.reshape(12, 32)[:, :16], v[:16], "tanh")
     ids = torch.tensor([[1, 2, 3]])
     table = torch.randn(9, 32, dtype=torch.bfloat16)
     w = v.bfloat16()
-    embedding_layer_norm(ids, ids.int(), ids, table, table, table, w, w, 1e-12)
+    embedding_module.launch(ids, ids.int(), ids, table, table, table, w, w, 1e-12)
     return mask
 
 
@@ -415,7 +417,6 @@ def test_launcher_keywords_match_the_extension(built, monkeypatch):
     rec = _Recorder()
     monkeypatch.setattr(_launch, "_extension", rec)
     for launcher in LAUNCHER_MODULES:
-        monkeypatch.setattr(launcher, "check_cuda", lambda *args: None)
         monkeypatch.setattr(launcher, "launch_context", lambda t: (0, 0, STREAM))
     _recorded_calls()
     for name, kwargs in rec.calls:

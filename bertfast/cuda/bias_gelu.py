@@ -7,21 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from bertfast.cuda._launch import (
-    as_rows,
-    check_cuda,
-    check_kernel_tensor,
-    check_vector,
-    extension,
-    launch_context,
-    ptr,
-    use_custom_op,
-)
-
-GELU_APPROXIMATIONS = ("none", "tanh")
+from bertfast.cuda._launch import as_rows, extension, launch_context, ptr
 
 
-def _launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+def launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+    """GELU(x + bias); inputs checked by ``bertfast.ops.bias_gelu``."""
     rows_view = as_rows("x", x)
     rows, cols = rows_view.shape
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -39,33 +29,6 @@ def _launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> tor
         dtype=dtype,
         device=device,
         stream=stream,
+        check_pointers=False,  # torch placed every tensor; ops checked the devices
     )
     return out
-
-
-@torch.library.custom_op("bertfast::cuda_bias_gelu", mutates_args=())
-def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    return _launch(x, bias, approximate)
-
-
-@_bias_gelu_op.register_fake
-def _(x, bias, approximate):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    """GELU(x + bias) over the last dimension; ``approximate`` is 'none' (erf) or 'tanh'."""
-    check_kernel_tensor("x", x)
-    if bias is not None:
-        check_kernel_tensor("bias", bias)
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias has dtype {bias.dtype} but x has {x.dtype}")
-        check_vector("bias", bias, x.shape[-1])
-    if approximate not in GELU_APPROXIMATIONS:
-        raise ValueError(f"approximate={approximate!r}; supported: {GELU_APPROXIMATIONS}")
-    check_cuda("x", x)
-    if bias is not None:
-        check_cuda("bias", bias, x)
-    if use_custom_op():
-        return _bias_gelu_op(x, bias, approximate)
-    return _launch(x, bias, approximate)

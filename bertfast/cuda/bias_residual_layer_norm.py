@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from bertfast.cuda._launch import (
-    as_rows,
-    check_cuda,
-    check_kernel_tensor,
-    check_vector,
-    extension,
-    launch_context,
-    ptr,
-    use_custom_op,
-)
+from bertfast.cuda._launch import as_rows, extension, launch_context, ptr
 
 
-def _launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
+def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
+    """LayerNorm(x + bias + residual); inputs checked by ``bertfast.ops``."""
     x_rows = as_rows("x", x)
     residual_rows = as_rows("residual", residual)
     rows, hidden = x_rows.shape
@@ -43,53 +35,6 @@ def _launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
         eps=float(eps),
         device=device,
         stream=stream,
+        check_pointers=False,  # torch placed every tensor; ops checked the devices
     )
     return out
-
-
-@torch.library.custom_op("bertfast::cuda_bias_residual_layer_norm", mutates_args=())
-def _bias_residual_layer_norm_op(
-    x: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    return _launch(x, bias, residual, weight, ln_bias, eps)
-
-
-@_bias_residual_layer_norm_op.register_fake
-def _(x, bias, residual, weight, ln_bias, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def bias_residual_layer_norm(
-    x: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """LayerNorm(x + bias + residual) over the last dimension, fp32 statistics."""
-    check_kernel_tensor("x", x)
-    others = (("residual", residual), ("weight", weight), ("ln_bias", ln_bias), ("bias", bias))
-    for name, t in others:
-        if t is not None:
-            check_kernel_tensor(name, t)
-            if t.dtype != x.dtype:
-                raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
-    if residual.shape != x.shape:
-        raise ValueError(f"residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}")
-    hidden = x.shape[-1]
-    for name, t in (("bias", bias), ("weight", weight), ("ln_bias", ln_bias)):
-        if t is not None:
-            check_vector(name, t, hidden)
-    check_cuda("x", x)
-    for name, t in others:
-        if t is not None:
-            check_cuda(name, t, x)
-    if use_custom_op():
-        return _bias_residual_layer_norm_op(x, bias, residual, weight, ln_bias, eps)
-    return _launch(x, bias, residual, weight, ln_bias, eps)

@@ -17,7 +17,13 @@ import torch
 BACKENDS = ("torch", "triton", "cuda")
 # Head dims the attention kernels of the kernel backends are built for.
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)
-OPS = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
+OPS = (
+    "embedding_layer_norm",
+    "attention",
+    "bias_residual_layer_norm",
+    "bias_gelu",
+    "linear_epilogue",
+)
 
 
 def triton_interpreter_enabled() -> bool:
@@ -136,12 +142,16 @@ def resolve_backend(
     return requested
 
 
+# The ops each kernel backend implements (the fused GEMM epilogue is Triton's only).
+KERNEL_OPS = {"triton": OPS, "cuda": OPS[:4]}
+
 _KERNELS: dict[tuple[str, str], Callable] = {}
 
 
 def get_kernel(op: str, backend: str) -> Callable:
-    """The launcher of ``op`` for a kernel backend: ``bertfast.<backend>.<op>.<op>``.
+    """The raw launch of ``op`` on a kernel backend: ``bertfast.<backend>.<op>.launch``.
 
+    It trusts its inputs: ``bertfast.ops.<op>`` checks them (once, at the edge of a forward).
     Cached in a plain dict so torch.compile traces the lookup without a graph break.
     """
     kernel = _KERNELS.get((op, backend))
@@ -156,7 +166,7 @@ def get_kernel(op: str, backend: str) -> Callable:
         module = importlib.import_module(f"{package}.{op}")
     except ModuleNotFoundError as exc:
         raise NotImplementedError(f"op {op!r} has no {backend} kernel ({exc})") from exc
-    kernel = _KERNELS[(op, backend)] = getattr(module, op)
+    kernel = _KERNELS[(op, backend)] = module.launch
     return kernel
 
 
@@ -177,8 +187,15 @@ class _ForwardOnly(torch.autograd.Function):
         )
 
 
-def run_kernel(op: str, backend: str, *args):
-    """Launch ``op`` on a kernel backend; refuses backward through it rather than drop it."""
+def run_kernel(op: str, backend: str, custom_op: Callable, *args):
+    """Launch ``op`` on a kernel backend with checked ``args``.
+
+    Inside torch.compile the op's registered custom op (``custom_op(*args, backend)``) is
+    traced; eager calls go straight to the launch. Backward through a kernel is refused
+    rather than dropped.
+    """
+    if torch.compiler.is_compiling():
+        return custom_op(*args, backend)
     kernel = get_kernel(op, backend)
     if torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args
@@ -191,7 +208,8 @@ def load_kernels(backend: str) -> None:
     """Import every kernel of a backend now, so that no import happens inside a trace."""
     if backend in ("triton", "cuda"):
         for op in OPS:
-            get_kernel(op, backend)
+            if op in KERNEL_OPS[backend]:
+                get_kernel(op, backend)
 
 
 from bertfast.ops.attention import attention, attention_reference  # noqa: E402
@@ -203,6 +221,11 @@ from bertfast.ops.bias_residual_layer_norm import (  # noqa: E402
 from bertfast.ops.embedding_layer_norm import (  # noqa: E402
     embedding_layer_norm,
     embedding_layer_norm_reference,
+)
+from bertfast.ops.linear_epilogue import (  # noqa: E402
+    EPILOGUES,
+    linear_epilogue,
+    linear_epilogue_reference,
 )
 
 __all__ = [
@@ -218,6 +241,9 @@ __all__ = [
     "bias_residual_layer_norm_reference",
     "embedding_layer_norm",
     "embedding_layer_norm_reference",
+    "EPILOGUES",
+    "linear_epilogue",
+    "linear_epilogue_reference",
     "get_kernel",
     "run_kernel",
     "load_kernels",

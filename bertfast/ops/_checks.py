@@ -38,6 +38,57 @@ def as_rows(name: str, t: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def use_custom_op() -> bool:
-    """Inside torch.compile the registered custom op is traced; eager calls skip its overhead."""
-    return torch.compiler.is_compiling()
+def check_kernel_tensor(
+    name: str, t: torch.Tensor, backend: str, dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+) -> None:
+    """What every kernel reads: a supported dtype and a unit last stride (any device)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; the {backend} kernel supports "
+            f"{', '.join(map(str, dtypes))}"
+        )
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name} has last-dimension stride {t.stride(-1)}; the kernel needs it contiguous (1)"
+        )
+
+
+def check_kernel_device(
+    name: str, t: torch.Tensor, backend: str, ref: torch.Tensor | None = None
+) -> None:
+    """``t`` is where ``backend``'s kernels run, on ``ref``'s device when given.
+
+    Checked after the shape checks, so that every other error shows (and is tested) on a
+    machine without a GPU.
+    """
+    device = t.device
+    if backend == "cuda" and device.type != "cuda":
+        raise RuntimeError(
+            f"{name} is a {device.type.upper()} tensor ({device}); the CUDA kernels run on "
+            "CUDA tensors only"
+        )
+    if backend == "triton" and device.type != "cuda":
+        from bertfast.ops import triton_interpreter_enabled
+
+        if device.type != "cpu":
+            raise RuntimeError(
+                f"{name} is on {device}; Triton kernels run on CUDA (or CPU) tensors"
+            )
+        if not triton_interpreter_enabled():
+            raise RuntimeError(
+                f"{name} is a CPU tensor: Triton kernels run on CUDA tensors, or on the CPU only "
+                "under the interpreter (TRITON_INTERPRET=1 set before Python starts)"
+            )
+    if ref is not None and device != ref.device:
+        raise ValueError(f"{name} is on {device} but the input is on {ref.device}")
+
+
+def check_dot_dtype(name: str, t: torch.Tensor, backend: str) -> None:
+    """Triton's CPU interpreter multiplies bf16 bit patterns in ``tl.dot``: refuse, never guess."""
+    if backend == "triton" and t.device.type == "cpu" and t.dtype == torch.bfloat16:
+        raise TypeError(
+            f"{name} is bfloat16 on the CPU: the Triton interpreter's tl.dot does not support "
+            "bf16 (its results are garbage); use float32 or float16 there, bf16 on a GPU"
+        )

@@ -13,6 +13,9 @@ Semantics every backend shares: padded keys get zero weight and their K/V values
 an output (NaN there is harmless); a sequence with no real key at all returns zeros for every
 query row; padded query rows are computed like real ones (they attend to the real keys) and are
 otherwise unspecified.
+
+The op's contract lives here once (signature, checks, reference, custom op and fake); the
+backend modules of the same name hold only kernels and their launch.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from bertfast.ops._checks import check_float
+from bertfast.ops._checks import (
+    check_dot_dtype,
+    check_float,
+    check_kernel_device,
+    check_kernel_tensor,
+)
 
 
 def _padded_reference(
@@ -71,8 +79,11 @@ def check_attention_inputs(
     key_padding_mask: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
+    backend: str = "torch",
 ) -> None:
     check_float("qkv", qkv)
+    if backend != "torch":
+        check_kernel_tensor("qkv", qkv, backend)
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     if qkv.shape[-1] % (3 * num_heads):
@@ -95,6 +106,7 @@ def check_attention_inputs(
                 raise ValueError(
                     f"key_padding_mask is on {key_padding_mask.device}, qkv on {qkv.device}"
                 )
+        _check_kernel_support(qkv, num_heads, backend)
         return
     if key_padding_mask is not None:
         raise ValueError(
@@ -111,14 +123,37 @@ def check_attention_inputs(
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, qkv on {qkv.device}")
     if max_seqlen is None or max_seqlen < 0:
         raise ValueError(f"packed attention needs max_seqlen >= 0, got {max_seqlen!r}")
+    if backend != "torch" and not cu_seqlens.is_contiguous():
+        raise ValueError("cu_seqlens must be contiguous")
+    _check_kernel_support(qkv, num_heads, backend)
+
+
+def _check_kernel_support(qkv: torch.Tensor, num_heads: int, backend: str) -> None:
+    """Head dims the kernels are built for; the device last (errors show without a GPU)."""
+    if backend == "torch":
+        return
+    from bertfast.ops import KERNEL_HEAD_DIMS
+
+    head_dim = qkv.shape[-1] // 3 // num_heads
+    if head_dim not in KERNEL_HEAD_DIMS:
+        raise ValueError(
+            f"head_dim {head_dim} (hidden {qkv.shape[-1] // 3} / {num_heads} heads) is not "
+            f"supported by the {backend} attention kernel; supported: {KERNEL_HEAD_DIMS}"
+        )
+    check_dot_dtype("qkv", qkv, backend)
+    check_kernel_device("qkv", qkv, backend)
 
 
 def check_cu_seqlens_values(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
-    """Offsets from 0 to the token count, never decreasing, no sequence over ``max_seqlen``."""
+    """Offsets from 0 to at most the token count, never decreasing, none over ``max_seqlen``.
+
+    Tokens past the last offset belong to no sequence (a CUDA graph's bucket is larger than
+    its batch); their output rows are unspecified.
+    """
     offsets = cu_seqlens.tolist()
-    if offsets[0] != 0 or offsets[-1] != total_tokens:
+    if offsets[0] != 0 or offsets[-1] > total_tokens:
         raise ValueError(
-            f"cu_seqlens must run from 0 to the number of tokens ({total_tokens}); "
+            f"cu_seqlens must run from 0 to at most the number of tokens ({total_tokens}); "
             f"got {offsets[0]} .. {offsets[-1]}"
         )
     lengths = [end - start for start, end in itertools.pairwise(offsets)]
@@ -130,6 +165,27 @@ def check_cu_seqlens_values(cu_seqlens: torch.Tensor, total_tokens: int, max_seq
         )
 
 
+@torch.library.custom_op("bertfast::attention", mutates_args=())
+def _attention_op(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    backend: str,
+) -> torch.Tensor:
+    from bertfast.ops import get_kernel
+
+    return get_kernel("attention", backend)(
+        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+    )
+
+
+@_attention_op.register_fake
+def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+    return qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
+
+
 def attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -139,15 +195,20 @@ def attention(
     dropout_p: float = 0.0,
     backend: str = "torch",
     check_cu_seqlens: bool = True,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Scaled dot-product self-attention over heads; see the module docstring for the forms.
 
     ``check_cu_seqlens`` reads the offsets back to the host to check them against the tokens
     and ``max_seqlen`` (kernels trust them); callers that built them themselves skip it.
+    In the packed form ``max_seqlen`` may exceed the longest sequence (a CUDA graph sizes the
+    grid for a bound; programs past a sequence's end exit at once). ``validate=False`` skips
+    the layout checks for callers that made them already.
     """
-    check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
-    if cu_seqlens is not None and check_cu_seqlens:
-        check_cu_seqlens_values(cu_seqlens, qkv.shape[0], max_seqlen)
+    if validate:
+        check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
+        if cu_seqlens is not None and check_cu_seqlens:
+            check_cu_seqlens_values(cu_seqlens, qkv.shape[0], max_seqlen)
     if backend == "torch":
         return attention_reference(
             qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p
@@ -160,5 +221,12 @@ def attention(
     from bertfast.ops import run_kernel
 
     return run_kernel(
-        "attention", backend, qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+        "attention",
+        backend,
+        _attention_op,
+        qkv,
+        num_heads,
+        key_padding_mask,
+        cu_seqlens,
+        max_seqlen,
     )

@@ -1,11 +1,23 @@
-"""Token + position + segment embedding gather, sum and LayerNorm, as one op."""
+"""Token + position + segment embedding gather, sum and LayerNorm, as one op.
+
+The op's contract lives here once (signature, checks, reference, custom op and fake); the
+backend modules of the same name hold only kernels and their launch.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from bertfast.ops._checks import check_float, check_same, check_vector
+from bertfast.ops._checks import (
+    check_float,
+    check_kernel_device,
+    check_kernel_tensor,
+    check_same,
+    check_vector,
+)
+
+ID_DTYPES = (torch.int32, torch.int64)
 
 
 def embedding_layer_norm_reference(
@@ -38,20 +50,22 @@ def check_embedding_layer_norm_inputs(
     token_type_embeddings,
     weight,
     bias,
+    backend: str = "torch",
 ) -> None:
-    for name, ids in (
+    ids = (
         ("input_ids", input_ids),
         ("token_type_ids", token_type_ids),
         ("position_ids", position_ids),
-    ):
-        if ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"{name} must be int32 or int64, got {ids.dtype}")
-        if ids.shape != input_ids.shape:
+    )
+    for name, t in ids:
+        if t.dtype not in ID_DTYPES:
+            raise TypeError(f"{name} must be int32 or int64, got {t.dtype}")
+        if t.shape != input_ids.shape:
             raise ValueError(
-                f"{name} has shape {tuple(ids.shape)} but input_ids has {tuple(input_ids.shape)}"
+                f"{name} has shape {tuple(t.shape)} but input_ids has {tuple(input_ids.shape)}"
             )
-        if ids.device != word_embeddings.device:
-            raise ValueError(f"{name} is on {ids.device}, the tables on {word_embeddings.device}")
+        if t.device != word_embeddings.device:
+            raise ValueError(f"{name} is on {t.device}, the tables on {word_embeddings.device}")
     check_float("word_embeddings", word_embeddings)
     hidden = word_embeddings.shape[-1]
     for name, table in (
@@ -63,6 +77,47 @@ def check_embedding_layer_norm_inputs(
             raise ValueError(f"{name} must be (rows, {hidden}), got {tuple(table.shape)}")
     check_vector("weight", weight, hidden, word_embeddings)
     check_vector("bias", bias, hidden, word_embeddings)
+    if backend == "torch":
+        return
+    tables = (
+        ("word_embeddings", word_embeddings),
+        ("position_embeddings", position_embeddings),
+        ("token_type_embeddings", token_type_embeddings),
+        ("weight", weight),
+        ("bias", bias),
+    )
+    for name, t in tables:
+        check_kernel_tensor(name, t, backend)
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernel reads rows of it)")
+    for name, t in tables:
+        check_kernel_device(name, t, backend)
+
+
+@torch.library.custom_op("bertfast::embedding_layer_norm", mutates_args=())
+def _embedding_layer_norm_op(
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    backend: str,
+) -> torch.Tensor:
+    from bertfast.ops import get_kernel
+
+    return get_kernel("embedding_layer_norm", backend)(
+        input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
+        token_type_embeddings, weight, bias, eps,
+    )  # fmt: skip
+
+
+@_embedding_layer_norm_op.register_fake
+def _(input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps, b):
+    return word.new_empty(*input_ids.shape, word.shape[1])
 
 
 def embedding_layer_norm(
@@ -76,12 +131,14 @@ def embedding_layer_norm(
     bias: torch.Tensor,
     eps: float,
     backend: str = "torch",
+    validate: bool = True,
 ) -> torch.Tensor:
     """Embeddings of any-shaped id tensors (ids, types, positions alike): shape ids.shape + (H,).
 
     Ids are trusted to be in range here: the model validates them once, before any kernel.
+    ``validate=False`` skips the layout checks for callers that made them already.
     """
-    check_embedding_layer_norm_inputs(
+    tensors = (
         input_ids,
         token_type_ids,
         position_ids,
@@ -91,19 +148,12 @@ def embedding_layer_norm(
         weight,
         bias,
     )
-    args = (
-        input_ids,
-        token_type_ids,
-        position_ids,
-        word_embeddings,
-        position_embeddings,
-        token_type_embeddings,
-        weight,
-        bias,
-        float(eps),
-    )
+    if validate:
+        check_embedding_layer_norm_inputs(*tensors, backend=backend)
     if backend == "torch":
-        return embedding_layer_norm_reference(*args)
+        return embedding_layer_norm_reference(*tensors, float(eps))
     from bertfast.ops import run_kernel
 
-    return run_kernel("embedding_layer_norm", backend, *args)
+    return run_kernel(
+        "embedding_layer_norm", backend, _embedding_layer_norm_op, *tensors, float(eps)
+    )

@@ -19,11 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from bertfast.ops import KERNEL_HEAD_DIMS
-from bertfast.ops.attention import check_attention_inputs
-from bertfast.triton._launch import check_kernel_tensor, check_same_device, use_custom_op
-
-SUPPORTED_HEAD_DIMS = KERNEL_HEAD_DIMS
 LOG2_E = 1.4426950408889634
 
 
@@ -111,7 +106,7 @@ def _block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, int]:
     return block_m, 64, 4, 3
 
 
-def _launch(
+def launch(
     qkv: torch.Tensor,
     num_heads: int,
     key_padding_mask: torch.Tensor | None,
@@ -119,7 +114,8 @@ def _launch(
     max_seqlen: int | None,
     block_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Launch; ``block_config`` (BLOCK_M, BLOCK_N, warps, stages) overrides the heuristic
+    """Launch (inputs checked by ``bertfast.ops.attention``); ``block_config``
+    (BLOCK_M, BLOCK_N, warps, stages) overrides the heuristic
     (scripts/tune_attention.py sweeps it on a GPU)."""
     hidden = qkv.shape[-1] // 3
     head_dim = hidden // num_heads
@@ -162,48 +158,3 @@ def _launch(
         num_stages=num_stages,
     )
     return out
-
-
-@torch.library.custom_op("bertfast::triton_attention", mutates_args=())
-def _attention_op(
-    qkv: torch.Tensor,
-    num_heads: int,
-    key_padding_mask: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    max_seqlen: int | None,
-) -> torch.Tensor:
-    return _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
-
-
-@_attention_op.register_fake
-def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen):
-    return qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
-
-
-def attention(
-    qkv: torch.Tensor,
-    num_heads: int,
-    key_padding_mask: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
-    max_seqlen: int | None = None,
-) -> torch.Tensor:
-    """Self-attention over heads from a fused QKV tensor; see ``bertfast.ops.attention``.
-
-    The layout checks run here too: the launcher is reachable without the op's checks.
-    """
-    check_attention_inputs(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
-    check_kernel_tensor("qkv", qkv)
-    head_dim = qkv.shape[-1] // 3 // num_heads
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"head_dim {head_dim} (hidden {qkv.shape[-1] // 3} / {num_heads} heads) is not "
-            f"supported by the Triton attention kernel; supported: {SUPPORTED_HEAD_DIMS}"
-        )
-    if key_padding_mask is not None:
-        check_same_device("key_padding_mask", key_padding_mask, qkv)
-    if cu_seqlens is not None:
-        check_same_device("cu_seqlens", cu_seqlens, qkv)
-        cu_seqlens = cu_seqlens.contiguous()
-    if use_custom_op():
-        return _attention_op(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
-    return _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)

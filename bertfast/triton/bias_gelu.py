@@ -6,12 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bertfast.triton._launch import (
-    as_rows,
-    check_kernel_tensor,
-    check_same_device,
-    use_custom_op,
-)
+from bertfast.ops._checks import as_rows
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
@@ -49,7 +44,8 @@ def _bias_gelu_kernel(
     tl.store(out_ptr + row64 * cols + col[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+def launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+    """GELU(x + bias); inputs checked by ``bertfast.ops.bias_gelu``."""
     rows_view = as_rows("x", x)
     rows, cols = rows_view.shape
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -72,26 +68,3 @@ def _launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> tor
         num_warps=4,
     )
     return out
-
-
-@torch.library.custom_op("bertfast::triton_bias_gelu", mutates_args=())
-def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    return _launch(x, bias, approximate)
-
-
-@_bias_gelu_op.register_fake
-def _(x, bias, approximate):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    """GELU(x + bias) over the last dimension; ``approximate`` is 'none' (erf) or 'tanh'."""
-    check_kernel_tensor("x", x)
-    if bias is not None:
-        check_kernel_tensor("bias", bias)
-        check_same_device("bias", bias, x)
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate={approximate!r}; supported: 'none', 'tanh'")
-    if use_custom_op():
-        return _bias_gelu_op(x, bias, approximate)
-    return _launch(x, bias, approximate)

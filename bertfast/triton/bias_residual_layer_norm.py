@@ -6,12 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bertfast.triton._launch import (
-    as_rows,
-    check_kernel_tensor,
-    check_same_device,
-    use_custom_op,
-)
+from bertfast.ops._checks import as_rows
 
 
 @triton.jit
@@ -46,7 +41,8 @@ def _bias_residual_layer_norm_kernel(
     tl.store(out_ptr + row * hidden + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
+def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
+    """LayerNorm(x + bias + residual); inputs checked by ``bertfast.ops``."""
     x_rows = as_rows("x", x)
     residual_rows = as_rows("residual", residual)
     rows, hidden = x_rows.shape
@@ -70,45 +66,3 @@ def _launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
         num_warps=min(16, max(1, block // 256)),
     )
     return out
-
-
-@torch.library.custom_op("bertfast::triton_bias_residual_layer_norm", mutates_args=())
-def _bias_residual_layer_norm_op(
-    x: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    return _launch(x, bias, residual, weight, ln_bias, eps)
-
-
-@_bias_residual_layer_norm_op.register_fake
-def _(x, bias, residual, weight, ln_bias, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def bias_residual_layer_norm(
-    x: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """LayerNorm(x + bias + residual) over the last dimension, fp32 statistics."""
-    check_kernel_tensor("x", x)
-    for name, t in (
-        ("residual", residual),
-        ("weight", weight),
-        ("ln_bias", ln_bias),
-        ("bias", bias),
-    ):
-        if t is not None:
-            check_kernel_tensor(name, t)
-            check_same_device(name, t, x)
-    weight, ln_bias = weight.contiguous(), ln_bias.contiguous()
-    if use_custom_op():
-        return _bias_residual_layer_norm_op(x, bias, residual, weight, ln_bias, eps)
-    return _launch(x, bias, residual, weight, ln_bias, eps)

@@ -6,10 +6,6 @@ import torch
 import triton
 import triton.language as tl
 
-from bertfast.triton._launch import check_kernel_tensor, check_same_device, use_custom_op
-
-ID_DTYPES = (torch.int32, torch.int64)
-
 
 @triton.jit
 def _embedding_layer_norm_kernel(
@@ -45,9 +41,10 @@ def _embedding_layer_norm_kernel(
     tl.store(out_ptr + token * hidden + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(
+def launch(
     input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps: float
 ) -> torch.Tensor:
+    """Embedding sum and LayerNorm; inputs checked by ``bertfast.ops.embedding_layer_norm``."""
     hidden = word.shape[1]
     out = torch.empty(*input_ids.shape, hidden, dtype=word.dtype, device=word.device)
     tokens = input_ids.numel()
@@ -70,57 +67,3 @@ def _launch(
         num_warps=min(16, max(1, block // 256)),
     )
     return out
-
-
-@torch.library.custom_op("bertfast::triton_embedding_layer_norm", mutates_args=())
-def _embedding_layer_norm_op(
-    input_ids: torch.Tensor,
-    token_type_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    word_embeddings: torch.Tensor,
-    position_embeddings: torch.Tensor,
-    token_type_embeddings: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    return _launch(
-        input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
-        token_type_embeddings, weight, bias, eps,
-    )  # fmt: skip
-
-
-@_embedding_layer_norm_op.register_fake
-def _(input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps):
-    return word.new_empty(*input_ids.shape, word.shape[1])
-
-
-def embedding_layer_norm(
-    input_ids: torch.Tensor,
-    token_type_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    word_embeddings: torch.Tensor,
-    position_embeddings: torch.Tensor,
-    token_type_embeddings: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """LayerNorm(word[ids] + position[pos] + type[tt]); ids must already be in range."""
-    for name, ids in (
-        ("input_ids", input_ids),
-        ("token_type_ids", token_type_ids),
-        ("position_ids", position_ids),
-    ):
-        check_kernel_tensor(name, ids, ID_DTYPES)
-        check_same_device(name, ids, word_embeddings)
-    tables = [word_embeddings, position_embeddings, token_type_embeddings, weight, bias]
-    names = ("word_embeddings", "position_embeddings", "token_type_embeddings", "weight", "bias")
-    for name, t in zip(names, tables):
-        check_kernel_tensor(name, t)
-        check_same_device(name, t, word_embeddings)
-    tables = [t.contiguous() for t in tables]
-    args = (input_ids, token_type_ids, position_ids, *tables, eps)
-    if use_custom_op():
-        return _embedding_layer_norm_op(*args)
-    return _launch(*args)

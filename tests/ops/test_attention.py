@@ -1,5 +1,6 @@
 """Attention: the torch reference against naive math, the Triton kernel against the reference."""
 
+import functools
 import math
 
 import pytest
@@ -9,8 +10,8 @@ from bertfast import ops
 from bertfast.ops import attention_reference
 from tests.helpers import assert_close, mixed_mask
 
-triton_attention = pytest.importorskip("bertfast.triton.attention")
-attention = triton_attention.attention
+pytest.importorskip("bertfast.triton.attention")
+attention = functools.partial(ops.attention, backend="triton")
 
 
 def naive_attention(qkv, num_heads, mask):
@@ -145,7 +146,9 @@ def test_packed_offsets_are_checked():
         ValueError, match=r"max_seqlen 4 is less than the longest sequence \(6 tokens\)"
     ):
         ops.attention(qkv, 2, cu_seqlens=cu, max_seqlen=4, backend="triton")
-    with pytest.raises(ValueError, match=r"from 0 to the number of tokens \(10\); got 0 .. 12"):
+    with pytest.raises(
+        ValueError, match=r"from 0 to at most the number of tokens \(10\); got 0 .. 12"
+    ):
         ops.attention(qkv, 2, cu_seqlens=torch.tensor([0, 4, 12], dtype=torch.int32), max_seqlen=8)
     with pytest.raises(ValueError, match="must not decrease"):
         ops.attention(
@@ -161,10 +164,10 @@ def test_launcher_checks_the_mask_layout():
 def test_dispatch_and_custom_op():
     qkv = torch.randn(2, 5, 3 * 64)
     via_ops = ops.attention(qkv, 2, backend="triton")
-    via_library = torch.ops.bertfast.triton_attention(qkv, 2, None, None, None)
+    via_library = torch.ops.bertfast.attention(qkv, 2, None, None, None, "triton")
     assert_close(via_ops, via_library, atol=0)
     torch.library.opcheck(
-        torch.ops.bertfast.triton_attention.default,
-        (qkv, 2, torch.ones(2, 5, dtype=torch.bool), None, None),
+        torch.ops.bertfast.attention.default,
+        (qkv, 2, torch.ones(2, 5, dtype=torch.bool), None, None, "triton"),
         test_utils=("test_schema", "test_faketensor"),
     )

@@ -1,5 +1,7 @@
 """bias + residual + LayerNorm: reference against naive math, Triton kernel against reference."""
 
+import functools
+
 import pytest
 import torch
 
@@ -7,7 +9,8 @@ from bertfast import ops
 from bertfast.ops import bias_residual_layer_norm_reference as reference
 from tests.helpers import assert_close
 
-kernel = pytest.importorskip("bertfast.triton.bias_residual_layer_norm").bias_residual_layer_norm
+pytest.importorskip("bertfast.triton.bias_residual_layer_norm")
+kernel = functools.partial(ops.bias_residual_layer_norm, backend="triton")
 
 
 def naive(x, bias, residual, w, b, eps):
@@ -75,8 +78,10 @@ def test_bad_inputs():
 
 def test_custom_op():
     x, bias, res, w, b = make((3, 16))
-    op = torch.ops.bertfast.triton_bias_residual_layer_norm
-    assert_close(op(x, bias, res, w, b, 1e-5), kernel(x, bias, res, w, b, 1e-5), atol=0)
+    op = torch.ops.bertfast.bias_residual_layer_norm
+    assert_close(op(x, bias, res, w, b, 1e-5, "triton"), kernel(x, bias, res, w, b, 1e-5), atol=0)
     torch.library.opcheck(
-        op.default, (x, None, res, w, b, 1e-5), test_utils=("test_schema", "test_faketensor")
+        op.default,
+        (x, None, res, w, b, 1e-5, "triton"),
+        test_utils=("test_schema", "test_faketensor"),
     )

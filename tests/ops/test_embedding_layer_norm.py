@@ -1,5 +1,7 @@
 """Embedding gather + sum + LayerNorm: reference against naive math, kernel against reference."""
 
+import functools
+
 import pytest
 import torch
 
@@ -7,7 +9,8 @@ from bertfast import ops
 from bertfast.ops import embedding_layer_norm_reference as reference
 from tests.helpers import assert_close
 
-kernel = pytest.importorskip("bertfast.triton.embedding_layer_norm").embedding_layer_norm
+pytest.importorskip("bertfast.triton.embedding_layer_norm")
+kernel = functools.partial(ops.embedding_layer_norm, backend="triton")
 
 
 def tables(vocab, positions, types, hidden):
@@ -76,6 +79,8 @@ def test_bad_inputs():
 def test_custom_op():
     word, pos, typ, w, b = tables(10, 8, 2, 16)
     args = (*ids((2, 3), 10, 8, 2), word, pos, typ, w, b, 1e-5)
-    op = torch.ops.bertfast.triton_embedding_layer_norm
-    assert_close(op(*args), kernel(*args), atol=0)
-    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+    op = torch.ops.bertfast.embedding_layer_norm
+    assert_close(op(*args, "triton"), kernel(*args), atol=0)
+    torch.library.opcheck(
+        op.default, (*args, "triton"), test_utils=("test_schema", "test_faketensor")
+    )
