@@ -1,0 +1,66 @@
+"""``bertfast serve``: registered by bertfast.cli; the web stack is imported only when run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bertfast.serve.settings import ServeSettings
+from bertfast.weights import DEFAULT_MODEL
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bertfast.cli import default_device
+    from bertfast.serve.server import serve
+
+    settings = ServeSettings(
+        model=args.model,
+        model_id=args.model_id,
+        host=args.host,
+        port=args.port,
+        device=default_device(args.device),
+        dtype=args.dtype,
+        backend=args.backend,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_requests=args.max_batch_requests,
+        max_client_batch_size=args.max_client_batch_size,
+        payload_limit=args.payload_limit,
+        auto_truncate=args.auto_truncate,
+        tokenization_workers=args.tokenization_workers,
+        cuda_graphs=args.cuda_graphs,
+        log_level=args.log_level,
+    )
+    return serve(settings)
+
+
+def register(subparsers) -> None:
+    from bertfast.cli import add_model_arguments
+
+    d = ServeSettings()
+    p = subparsers.add_parser(
+        "serve",
+        help="a TEI-compatible HTTP server: /embed, /predict, /rerank, /v1/embeddings ...",
+        description="Serve a model over HTTP with text-embeddings-inference's routes and limits. "
+        "Loopback only unless --host says otherwise.",
+    )
+    add_model_arguments(p, DEFAULT_MODEL)
+    p.add_argument("--model-id", default=None, help="name reported by /info (default: dir name)")
+    p.add_argument("--host", default=d.host, help=f"address to bind (default: {d.host})")
+    p.add_argument("--port", type=int, default=d.port, help="0 picks a free port (printed)")
+    p.add_argument("--max-concurrent-requests", type=int, default=d.max_concurrent_requests)
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens)
+    p.add_argument("--max-batch-requests", type=int, default=None, help="default: no limit")
+    p.add_argument("--max-client-batch-size", type=int, default=d.max_client_batch_size)
+    p.add_argument("--payload-limit", type=int, default=d.payload_limit, help="bytes")
+    p.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="truncate over-long inputs when a request does not say (default: refuse them)",
+    )
+    p.add_argument("--tokenization-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default=d.cuda_graphs)
+    p.add_argument(
+        "--log-level", default=d.log_level, choices=("critical", "error", "warning", "info")
+    )
+    p.set_defaults(func=cmd_serve)

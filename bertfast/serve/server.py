@@ -1,0 +1,108 @@
+"""Run the app on uvicorn: bind, announce, and stop gracefully on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import threading
+
+from bertfast.serve.errors import missing_extra
+from bertfast.serve.settings import ServeSettings
+
+try:
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise missing_extra(exc) from exc
+
+READY = "bertfast serve: listening on"
+STOPPED = "bertfast serve: stopped;"
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM / SIGINT is a normal stop (exit 0), not re-raised.
+
+    On the signal uvicorn stops accepting connections, lets every request already
+    received finish, then runs the app's shutdown (which drains the batcher).
+    """
+
+    def __init__(self, config: uvicorn.Config, on_ready=None):
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServeSettings) -> int:
+    """Load the model, serve until a signal, return 0 once every accepted request is answered."""
+    import torch
+
+    from bertfast.serve.app import build_app
+    from bertfast.serve.backend import load_backend
+
+    settings.check()
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
+    if settings.dtype not in dtypes:
+        raise ValueError(f"unknown dtype {settings.dtype!r}; choose one of fp32, fp16, bf16")
+    backend = load_backend(
+        settings.model,
+        device=settings.device,
+        dtype=dtypes[settings.dtype],
+        backend=settings.backend,
+        cuda_graphs=settings.cuda_graphs,
+    )
+    app = build_app(backend, settings)
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        print(
+            f"{READY} http://{url_host}:{port} ({backend.kind} model {settings.model}, "
+            f"{backend.device}, {backend.backend_name} backend)",
+            flush=True,
+        )
+
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=None,  # wait for every accepted request
+    )
+    server = GracefulServer(config, on_ready=announce)
+    asyncio.run(server.serve(sockets=[sock]))
+    if not server.started:
+        print("bertfast serve: the server did not start", file=sys.stderr)
+        return 1
+    answered = app.router.answered
+    print(f"{STOPPED} {answered} inference requests answered", flush=True)
+    return 0
