@@ -265,19 +265,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return _report_non_finite(bad_rows)
 
 
-def finite_json(data) -> str:
+def _nulls_for_non_finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nulls_for_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulls_for_non_finite(v) for v in value]
+    return value
+
+
+def finite_json(data, **dumps_kwargs) -> str:
     """JSON with every NaN / infinity written as null: bare NaN and Infinity are not JSON."""
+    return json.dumps(_nulls_for_non_finite(data), allow_nan=False, **dumps_kwargs)
 
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
 
-    return json.dumps(clean(data), allow_nan=False)
+def has_non_finite(data) -> bool:
+    """Whether a JSON-ready value holds a NaN or an infinity anywhere."""
+    if isinstance(data, float):
+        return not math.isfinite(data)
+    if isinstance(data, dict):
+        return any(has_non_finite(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return any(has_non_finite(v) for v in data)
+    return False
 
 
 def _report_non_finite(bad_rows: list[int]) -> int:

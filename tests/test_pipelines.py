@@ -169,7 +169,7 @@ def test_fill_mask_uses_positions_only_logits(fill_masks, monkeypatch):
         ([], {}, TypeError, "non-empty list"),
         (42, {}, TypeError, "str"),
         (["ok [MASK]", 3], {}, TypeError, "input 1 must be a str"),
-        ("a [MASK]", {"top_k": 0}, ValueError, "top_k"),
+        ("a [MASK]", {"top_k": -1}, ValueError, "top_k"),
         ("a [MASK]", {"targets": 5}, TypeError, "targets"),
         ("a [MASK] " + "word " * 600, {}, ValueError, "at most 512"),
     ],
@@ -276,6 +276,32 @@ def test_text_classification_matches_transformers(classifiers, key, inputs, kwar
     assert_same(ours(inputs, **kwargs), hf(inputs, **kwargs), "text-classification")
 
 
+@pytest.mark.parametrize(
+    "inputs, kwargs",
+    [
+        ("", {}),
+        (" ", {}),
+        (["", "I loved this film."], {}),
+        ("", {"top_k": None}),
+        ({"text": "", "text_pair": ""}, {}),
+        ("I loved this film.", {"top_k": 0}),
+        (["Good.", "Bad."], {"top_k": 0}),
+    ],
+    ids=["empty", "blank", "list-with-empty", "empty-all", "empty-pair", "top0", "list-top0"],
+)
+def test_text_classification_edge_cases_match_transformers(classifiers, inputs, kwargs):
+    ours, hf = classifiers["mnli"]
+    assert_same(ours(inputs, **kwargs), hf(inputs, **kwargs), "text-classification")
+
+
+@pytest.mark.parametrize(
+    "inputs", [EXAMPLE, "the [MASK] sat on the [MASK] .", ["a [MASK] .", "b [MASK] ."]]
+)
+def test_fill_mask_top_k_0_matches_transformers(fill_masks, inputs):
+    ours, hf = fill_masks
+    assert ours(inputs, top_k=0) == hf(inputs, top_k=0)
+
+
 def test_text_classification_labels_and_defaults(dirs, classifiers):
     ours = pipeline("sentiment-analysis", model=dirs["mnli"], backend="torch")
     assert {r["label"] for r in ours(PAIR, top_k=None)} == set(MNLI_LABELS)
@@ -289,12 +315,12 @@ def test_text_classification_labels_and_defaults(dirs, classifiers):
     [
         ([["a", "b"]], {}, ValueError, "text_pair"),
         ({"text": "a", "pair": "b"}, {}, ValueError, "keys"),
-        ("", {}, ValueError, "empty"),
         (3.5, {}, TypeError, "str or a dict"),
         ([], {}, ValueError, "empty list"),
         ("word " * 600, {}, ValueError, "truncation=True"),
         ("ok", {"function_to_apply": "relu"}, ValueError, "function_to_apply"),
-        ("ok", {"top_k": 0}, ValueError, "top_k"),
+        ("ok", {"top_k": -1}, ValueError, "top_k"),
+        ("ok", {"top_k": True}, ValueError, "top_k"),
         ({"text": "a " * 600, "text_pair": "b"}, {"truncation": "only_second"}, ValueError,
          "only_second"),
     ],
@@ -484,6 +510,8 @@ def test_no_answer_is_returned_when_it_scores_best(qa, monkeypatch):
         (dict(question="why " * 60, context=CONTEXT, max_seq_len=48), ValueError, "question has"),
         (dict(question=QUESTION, context=CONTEXT, max_seq_len=48, doc_stride=40), ValueError,
          "doc_stride"),
+        (dict(question="why " * 30, context=CONTEXT, max_seq_len=48), ValueError,
+         "the question alone is too long: its 30 tokens leave 15 context tokens per window"),
         (dict(question=QUESTION), ValueError, "context="),
         (dict(question=QUESTION, context=""), ValueError, "context is empty"),
         (dict(question=QUESTION, context=CONTEXT, top_k=0), ValueError, "top_k"),

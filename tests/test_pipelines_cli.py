@@ -140,3 +140,58 @@ def test_python_m_bertfast(dirs):
     assert proc.returncode == 0, proc.stderr
     (prediction,) = json.loads(proc.stdout)
     assert set(prediction) == {"score", "token", "token_str", "sequence"}
+
+
+def strict_json(text: str):
+    """json.loads that refuses the bare NaN / Infinity Python's json would accept."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_context_file_problems_are_one_line(capsys, dirs, tmp_path):
+    argv = ["qa", "--question", QUESTION, "--model", dirs["qa"], *COMMON, "--context-file"]
+    code, _, err = run(capsys, *argv, str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "is a directory; give a text file" in err
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"first line\ncaf\xe9\n")
+    code, _, err = run(capsys, *argv, str(bad))
+    assert code == 2 and err.count("\n") == 1 and "line 2 is not valid UTF-8" in err
+
+
+def test_invalid_utf8_on_stdin_names_the_line(capsys, dirs, monkeypatch):
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"fine text\n\nsecond \xff\xfe text\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run(capsys, "classify", "--model", dirs["mnli"], *COMMON)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "stdin line 3 is not valid UTF-8 (byte 0xff at column 8)" in err
+
+
+def test_qa_question_alone_too_long_says_so(capsys, dirs):
+    argv = ["qa", "--question", "why " * 30, "--context", CONTEXT, "--max-seq-len", "48"]
+    code, _, err = run(capsys, *argv, "--model", dirs["qa"], *COMMON)
+    assert code == 2 and err.count("\n") == 1
+    assert "the question alone is too long" in err and "must be smaller" not in err
+
+
+def test_json_with_non_finite_scores_is_valid_and_fails(capsys, dirs, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "nan"
+    shutil.copytree(dirs["mnli"], path)
+    state = load_file(str(path / "model.safetensors"))
+    state["classifier.bias"][1] = float("nan")
+    save_file(state, str(path / "model.safetensors"))
+    code, out, err = run(capsys, "classify", "some text", "--all", "--model", str(path), *COMMON,
+                         "--json", "--function", "none")  # fmt: skip
+    scores = {r["label"]: r["score"] for r in strict_json(out)}
+    assert code == 1 and None in scores.values()
+    assert "non-finite values" in err
+    assert all(torch.isfinite(torch.tensor(s)) for s in scores.values() if s is not None)

@@ -24,6 +24,19 @@ def check_text(value: Any, what: str = "text") -> str:
     return value
 
 
+def check_str(value: Any, what: str = "text") -> str:
+    """A string (empty allowed, as where transformers handles it), or a TypeError."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    return value
+
+
+def check_non_negative_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
+    return value
+
+
 def check_positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")

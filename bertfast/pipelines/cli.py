@@ -7,11 +7,17 @@ Every task needs head weights that the bundled all-MiniLM-L6-v2 (a bare encoder)
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from typing import Any
 
-from bertfast.cli import add_model_arguments, default_device, parse_dtype
+from bertfast.cli import (
+    add_model_arguments,
+    default_device,
+    finite_json,
+    has_non_finite,
+    parse_dtype,
+)
 from bertfast.pipelines import pipeline
 from bertfast.pipelines.token_classification import AGGREGATION_STRATEGIES
 
@@ -32,15 +38,60 @@ def _load(task: str, args: argparse.Namespace, **kwargs: Any):
     )
 
 
+def read_lines(stream: Any, where: str = "stdin") -> list[str]:
+    """The non-blank lines of a text or byte stream, decoded as UTF-8; a line that is not
+    UTF-8 is a ValueError naming it."""
+    raw = getattr(stream, "buffer", stream)
+    lines = []
+    for number, line in enumerate(raw, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{where} line {number} is not valid UTF-8 (byte {line[exc.start]:#04x} at "
+                    f"column {exc.start + 1}); give UTF-8 text"
+                ) from None
+        line = line.rstrip("\r\n")
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
+def read_text_file(path: str, option: str) -> str:
+    """The UTF-8 text of ``path``, or a one-line ValueError saying why it cannot be read."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory; give a text file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"{option} {path!r}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{option} {path!r}: line {line} is not valid UTF-8") from None
+
+
 def _texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = list(args.texts) or read_lines(sys.stdin)
     if not texts:
         raise ValueError("give at least one text (as arguments or one per line on stdin)")
     return texts
 
 
-def _print_json(result: Any) -> None:
-    print(json.dumps(result, ensure_ascii=False))
+def _print_json(result: Any) -> int:
+    """Print valid JSON (non-finite scores as null); exit status 1 when there were any."""
+    print(finite_json(result, ensure_ascii=False))
+    if has_non_finite(result):
+        print(
+            "error: the model produced non-finite values (NaN or infinity); they are shown as "
+            "null. Try --dtype fp32",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
@@ -49,8 +100,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     results = fill(texts, top_k=args.top_k, targets=args.target)
     results = [results] if len(texts) == 1 else results  # a list of one gives its result alone
     if args.json:
-        _print_json(results if len(texts) > 1 else results[0])
-        return 0
+        return _print_json(results if len(texts) > 1 else results[0])
     for text, result in zip(texts, results, strict=True):
         print(text)
         per_mask = result if result and isinstance(result[0], list) else [result]
@@ -65,7 +115,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 def cmd_nsp(args: argparse.Namespace) -> int:
     result = _load("next-sentence", args)((args.sentence_a, args.sentence_b))
     if args.json:
-        _print_json(result)
+        return _print_json(result)
     else:
         print(f"is_next {result['is_next']:.4f}  not_next {result['not_next']:.4f}")
     return 0
@@ -85,8 +135,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         inputs, top_k=top_k, function_to_apply=args.function, truncation=args.truncate
     )
     if args.json:
-        _print_json(results if len(inputs) > 1 else results[0])
-        return 0
+        return _print_json(results if len(inputs) > 1 else results[0])
     for item, ranked in zip(texts, results, strict=True):
         print(item if args.pair is None else f"{item} || {args.pair}")
         for r in ranked:
@@ -99,8 +148,7 @@ def cmd_ner(args: argparse.Namespace) -> int:
     ner = _load("token-classification", args, aggregation_strategy=args.aggregation)
     results = ner(texts)
     if args.json:
-        _print_json(results if len(texts) > 1 else results[0])
-        return 0
+        return _print_json(results if len(texts) > 1 else results[0])
     for text, entities in zip(texts, results, strict=True):
         print(text)
         if not entities:
@@ -116,8 +164,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --context and --context-file")
     context = args.context
     if args.context_file is not None:
-        with open(args.context_file, encoding="utf-8") as f:
-            context = f.read()
+        context = read_text_file(args.context_file, "--context-file")
     qa = _load("question-answering", args)
     answers = qa(
         question=args.question,
@@ -130,8 +177,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
     )
     answers = answers if isinstance(answers, list) else [answers]
     if args.json:
-        _print_json(answers if args.top_k > 1 else answers[0])
-        return 0
+        return _print_json(answers if args.top_k > 1 else answers[0])
     for a in answers:
         shown = repr(a["answer"]) if a["answer"] else "(no answer)"
         print(f"{a['score']:.4f}  {shown} [{a['start']}:{a['end']}]")

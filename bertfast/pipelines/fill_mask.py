@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bertfast.heads import BertForMaskedLM
-from bertfast.pipelines.base import Pipeline, check_positive_int, check_text, softmax
+from bertfast.pipelines.base import Pipeline, check_non_negative_int, check_text, softmax
 from bertfast.tokenizer import BertTokenizer
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class FillMaskPipeline(Pipeline):
         One mask gives a list of predictions, several masks a list per mask; a list of texts
         gives a list of those (a list of one text gives its result alone, as transformers).
         """
-        top_k = check_positive_int(top_k, "top_k")
+        top_k = check_non_negative_int(top_k, "top_k")  # 0 gives [] as in transformers
         single = isinstance(inputs, str)
         texts = [inputs] if single else inputs
         if not isinstance(texts, (list, tuple)) or not texts:

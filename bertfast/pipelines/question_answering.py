@@ -115,6 +115,7 @@ class QuestionAnsweringPipeline(Pipeline):
         check_positive_int(max_seq_len, "max_seq_len")
         if max_seq_len > self.max_length:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's {self.max_length}")
+        stride_given = doc_stride is not None
         if doc_stride is None:
             doc_stride = min(max_seq_len // 2, 128)
         if isinstance(doc_stride, bool) or not isinstance(doc_stride, int) or doc_stride < 0:
@@ -129,6 +130,14 @@ class QuestionAnsweringPipeline(Pipeline):
                 raise ValueError(
                     f"example {i}: the question has {question_len} tokens, which leaves no room "
                     f"for the context in max_seq_len={max_seq_len}; shorten the question"
+                )
+            if doc_stride >= room and not stride_given:
+                # The default stride only fails because the question leaves little room.
+                raise ValueError(
+                    f"example {i}: the question alone is too long: its {question_len} tokens "
+                    f"leave {room} context tokens per window in max_seq_len={max_seq_len}, fewer "
+                    f"than the default doc_stride ({doc_stride}) needs; shorten the question or "
+                    f"pass a larger max_seq_len (or a doc_stride below {room})"
                 )
             if doc_stride >= room:
                 raise ValueError(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bertfast.heads import BertForSequenceClassification
-from bertfast.pipelines.base import Pipeline, check_positive_int, check_text
+from bertfast.pipelines.base import Pipeline, check_non_negative_int, check_str
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 _UNSET = object()  # top_k not given: transformers' "legacy" output forms
@@ -57,12 +57,12 @@ class TextClassificationPipeline(Pipeline):
                     f"input {index}: a pair is a dict with keys 'text' and 'text_pair', "
                     f"got keys {sorted(item)}"
                 )
-            text = check_text(item["text"], f"input {index} text")
+            text = check_str(item["text"], f"input {index} text")
             pair = item.get("text_pair")
             if pair is not None:
-                check_text(pair, f"input {index} text_pair")
+                check_str(pair, f"input {index} text_pair")
         elif isinstance(item, str):
-            text, pair = check_text(item, f"input {index}"), None
+            text, pair = check_str(item, f"input {index}"), None
         elif isinstance(item, (list, tuple)):
             raise ValueError(
                 "The pipeline received invalid inputs: to send a text pair, pass a dictionary "
@@ -91,7 +91,7 @@ class TextClassificationPipeline(Pipeline):
         """
         legacy = top_k is _UNSET
         if not legacy and top_k is not None:
-            check_positive_int(top_k, "top_k")
+            check_non_negative_int(top_k, "top_k")  # 0 gives [] as in transformers
         function = function_to_apply or self.default_function()
         if not isinstance(function, str) or function.lower() not in FUNCTIONS:
             raise ValueError(f"function_to_apply must be one of {FUNCTIONS}, got {function!r}")
