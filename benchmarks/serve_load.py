@@ -1,0 +1,279 @@
+"""Loopback load for ``bertfast serve``, beside bertfast's in-process encode of the same texts.
+
+    python benchmarks/serve_load.py --out benchmarks/results/cpu-serve
+    python benchmarks/serve_load.py --url http://127.0.0.1:8080 --concurrency 1,8,32
+
+Without ``--url`` it starts ``bertfast serve`` on a free loopback port (``--model``, default
+the bundled MiniLM) and stops it at the end. Each concurrency level sends a fixed number of
+/embed requests (one text each, a seeded mix of short, medium and long texts) or stops at
+``--duration`` seconds, whichever comes first. It reports requests/s, tokens/s, p50/p90/p99
+latency and error counts, then encodes the same texts in this process (SentenceEncoder, the
+ceiling the server approaches) and writes JSON and Markdown. Load generator and server share
+the machine's cores, as on any single host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHORT_SENTENCE = "A man is eating food."
+VOCAB = (
+    "the of and to in is was for on that with as by at from his her it an were are which "
+    "this be or has had not but first one their its new after who they have two been other "
+    "also all during time into more only over city school year world state people used most "
+    "some part may many such between later three where under would film team season game "
+    "river north south east west music album band song series house church war army party "
+    "university college book story town village family station road line company market "
+    "water island park center system language history science model data network light"
+).split()
+
+
+def make_texts(n: int, seed: int) -> list[str]:
+    """A seeded mix: half short (4-16 words), a third medium (17-64), the rest long (65-200)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        u = rng.random()
+        words = rng.randint(4, 16) if u < 0.5 else rng.randint(17, 64) if u < 0.85 else (
+            rng.randint(65, 200)
+        )  # fmt: skip
+        texts.append(f"{i} " + " ".join(rng.choice(VOCAB) for _ in range(words)) + ".")
+    return texts
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float | None]:
+    if not latencies_s:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None}
+    ms = np.asarray(latencies_s) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
+
+
+async def run_level(url: str, texts: list[str], concurrency: int, duration: float) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    tokens = 0
+    next_index = 0
+    deadline = time.perf_counter() + duration
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal next_index, tokens
+            while next_index < len(texts) and time.perf_counter() < deadline:
+                text = texts[next_index]
+                next_index += 1
+                start = time.perf_counter()
+                try:
+                    r = await client.post(url + "/embed", json={"inputs": text, "truncate": True})
+                except httpx.TransportError as exc:
+                    statuses[type(exc).__name__] += 1
+                    continue
+                elapsed = time.perf_counter() - start
+                statuses[str(r.status_code)] += 1
+                if r.status_code == 200:
+                    latencies.append(elapsed)
+                    tokens += int(r.headers.get("x-compute-tokens", 0))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ok = statuses.get("200", 0)
+    return {
+        "concurrency": concurrency,
+        "requests": sum(statuses.values()),
+        "ok": ok,
+        "errors": {k: v for k, v in statuses.items() if k != "200"},
+        "seconds": round(wall, 3),
+        "requests_per_s": round(ok / wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+        **percentiles(latencies),
+    }
+
+
+def in_process(model: str, texts: list[str], repeats: int) -> dict:
+    """SentenceEncoder on the same texts: batched throughput and one-text latency."""
+    import torch
+
+    from bertfast.sentence import SentenceEncoder
+
+    encoder = SentenceEncoder.from_pretrained(model, device="cpu")
+    limit = encoder.max_seq_length
+    tokens = sum(
+        min(len(ids), limit) for ids in encoder.tokenizer(texts, truncation=False)["input_ids"]
+    )
+    with torch.inference_mode():
+        encoder.encode(texts[:32], batch_size=32)  # warm-up
+        start = time.perf_counter()
+        encoder.encode(texts, batch_size=32)
+        wall = time.perf_counter() - start
+        single = []
+        for text in texts[:repeats]:
+            t0 = time.perf_counter()
+            encoder.encode([text])
+            single.append(time.perf_counter() - t0)
+        short = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            encoder.encode([SHORT_SENTENCE])
+            short.append(time.perf_counter() - t0)
+    return {
+        "texts": len(texts),
+        "batch_size": 32,
+        "seconds": round(wall, 3),
+        "texts_per_s": round(len(texts) / wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+        "one_text_latency": percentiles(single),
+        "short_sentence_latency": percentiles(short),
+    }
+
+
+def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    from bertfast.serve.server import READY
+
+    cmd = [sys.executable, "-m", "bertfast", "serve", "--model", model, "--port", "0", *extra]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+    )
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        if line.startswith(READY):
+            return proc, re.search(r"http://\S+", line).group(0)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+def markdown(report: dict) -> str:
+    ip = report["in_process"]
+    lines = [
+        f"# bertfast serve, loopback load ({report['machine']['device']})",
+        "",
+        f"Model {report['model']}; /embed, one text a request, {report['texts']} texts "
+        "(half 4-16 words, a third 17-64, the rest 65-200); load generator and server on the "
+        f"same {report['machine']['cpus']} cores (load average "
+        f"{report['machine']['load_average_at_start'][0]} at the start, "
+        f"{report['machine']['load_average_at_end'][0]} at the end). {report['date']}.",
+        "",
+        "| concurrency | requests | errors | req/s | tokens/s | p50 ms | p90 ms | p99 ms |"
+        " vs in-process tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["levels"]:
+        errs = sum(row["errors"].values())
+        ratio = row["tokens_per_s"] / ip["tokens_per_s"] if ip["tokens_per_s"] else 0
+        lines.append(
+            f"| {row['concurrency']} | {row['requests']} | {errs} | {row['requests_per_s']} | "
+            f"{row['tokens_per_s']} | {row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | "
+            f"{ratio:.2f}x |"
+        )
+    short = report["short_sentence"]
+    lines += [
+        "",
+        f"In-process encode of the same texts (SentenceEncoder, batch 32): {ip['texts_per_s']} "
+        f"texts/s, {ip['tokens_per_s']} tokens/s; one text at a time p50 "
+        f"{ip['one_text_latency']['p50_ms']} ms, p99 {ip['one_text_latency']['p99_ms']} ms.",
+        "",
+        f"Short sentence ({SHORT_SENTENCE!r}) at concurrency 1: server p50 "
+        f"{short['server']['p50_ms']} ms (p99 {short['server']['p99_ms']}), in-process p50 "
+        f"{ip['short_sentence_latency']['p50_ms']} ms (p99 "
+        f"{ip['short_sentence_latency']['p99_ms']}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bertfast.weights import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default=None, help="a running server (loopback only)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels")
+    p.add_argument("--requests", type=int, default=300, help="requests per level (at most)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per level (at most)")
+    p.add_argument("--repeats", type=int, default=100, help="short-sentence latency samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for serve_load.json and serve_load.md")
+    p.add_argument("--server-arg", action="append", default=[], help="passed to bertfast serve")
+    args = p.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
+        p.error(f"--url must be a loopback address ({', '.join(LOOPBACK)}), got {args.url}")
+    if not 1 <= args.requests <= 10_000 or not 0 < args.duration <= 600:
+        p.error("--requests must be in 1..10000 and --duration in (0, 600]")
+
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    texts = make_texts(args.requests, args.seed)
+    proc = None
+    url = args.url.rstrip("/") if args.url else None
+    if url is None:
+        proc, url = start_server(args.model, args.server_arg)
+    try:
+        asyncio.run(run_level(url, texts[:20], 4, args.duration))  # warm-up
+        results = []
+        for c in levels:
+            row = asyncio.run(run_level(url, texts, c, args.duration))
+            print(json.dumps(row), flush=True)
+            results.append(row)
+        short = asyncio.run(run_level(url, [SHORT_SENTENCE] * args.repeats, 1, args.duration))
+        info = __import__("httpx").get(url + "/info").json()
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    import torch
+
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": info.get("model_id", args.model),
+        "server": info,
+        "machine": {
+            "device": info.get("model_device", "?") + f" ({platform.processor() or 'cpu'})",
+            "cpus": os.cpu_count(),
+            # Other work on the machine skews every figure: the load average says how much.
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "texts": len(texts),
+        "levels": results,
+        "short_sentence": {"server": short},
+        "in_process": in_process(args.model, texts, args.repeats),
+    }
+    print(json.dumps(report["in_process"]), flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "serve_load.md").write_text(markdown(report))
+        print(f"wrote {out / 'serve_load.json'} and {out / 'serve_load.md'}")
+    else:
+        print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
