@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Quick start, second command: set up, lint the whole tree, run the whole test suite on the CPU.
+# Quick start, second command: set up, lint the whole tree, run the whole test suite on the CPU,
+# then the pytest-benchmark suite's CPU cases once each (so it cannot rot; no time is judged).
+# Arguments go to the main pytest run (and skip the benchmark run), e.g. tests/test_cli.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+echo "test: ruff check and ruff format --check over the tree"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Triton kernels run under the interpreter on the CPU (set before triton is imported).
 export TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+echo "test: pytest ${*:-tests}"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ "$#" -eq 0 ]; then
+    echo "test: the pytest-benchmark suite, CPU cases of the quick grid, one round each"
+    .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks/ --bench-quick -m "not gpu" \
+        --benchmark-min-rounds=1 --benchmark-max-time=0 --benchmark-warmup=off \
+        --benchmark-columns=median,rounds --benchmark-sort=name
+fi

@@ -337,3 +337,25 @@ def test_plots_are_readable(name):
             t.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y1 + 1
             for t in labels
         )  # value labels fit under the top of the axes
+
+
+def test_pytest_benchmark_grid_reuses_the_suite_cases():
+    """benchmarks/test_bench_pytest.py: the suite's grids, GPU cases behind the gpu marker."""
+    pytest.importorskip("pytest_benchmark")
+    from benchmarks import test_bench_pytest as suite_tests
+    from bertfast.bench.settings import default_cases
+
+    kernels = suite_tests.kernel_params(quick=True)
+    e2e = suite_tests.e2e_params(quick=True)
+    for param in kernels + e2e:
+        gpu = any(mark.name == "gpu" for mark in param.marks)
+        assert gpu == (param.values[0].device == "cuda"), param.id
+    cpu_kernels = {p.values[0].backend for p in kernels if p.values[0].device == "cpu"}
+    assert "sdpa-math" in cpu_kernels and not cpu_kernels & {"sdpa-efficient", "sdpa-cudnn"}
+    assert not any(b.startswith("bertfast-") for b in cpu_kernels)
+    gpu_kernels = {p.values[0].backend for p in kernels if p.values[0].device == "cuda"}
+    assert {"bertfast-triton", "bertfast-cuda", "sdpa-cudnn"} <= gpu_kernels
+    cpu_cases = {p.values[0].case for p in e2e if p.values[0].device == "cpu"}
+    assert cpu_cases == set(default_cases(gpu=False, quick=True))
+    compiled = [p for p in e2e if p.values[0].backend == "hf-compile"]
+    assert len(compiled) == 1 and compiled[0].values[0].device == "cuda"

@@ -30,7 +30,7 @@ from bertfast import ops
 from bertfast.bench.e2e import describe_error, max_abs_err
 from bertfast.bench.runners import RUNNERS, fp32_reference_precision
 from bertfast.bench.settings import DTYPES, BenchSettings
-from bertfast.bench.timing import benchmark, empty_cache, synchronize
+from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
 from bertfast.config import BertConfig
 
 KERNEL_OPS = ("attention", "embedding_layer_norm", "bias_residual_layer_norm", "bias_gelu")
@@ -53,7 +53,8 @@ def _sdpa_backends(device: torch.device | None = None) -> list[tuple[str, object
         (label, getattr(SDPBackend, attr))
         for label, attr in names
         if hasattr(SDPBackend, attr)
-        and (device is None or device.type == "cuda" or label not in SDPA_CUDA_ONLY)
+        # meta: the candidates of a CUDA run listed without a GPU (benchmarks/conftest.py)
+        and (device is None or device.type in ("cuda", "meta") or label not in SDPA_CUDA_ONLY)
     ]
 
 
@@ -367,6 +368,20 @@ def _measure(case, cand, reference, batch, seq, dtype_name, settings, ceilings) 
         del out
         with cand.context():
             timing = benchmark(lambda i: cand.fn(case.inputs[i % n]), device, settings.timer)
+    return kernel_row(case, cand, timing, err, batch, seq, dtype_name, ceilings)
+
+
+def kernel_row(
+    case: OpCase,
+    cand: Candidate,
+    timing: Timing,
+    err: float | None,
+    batch: int,
+    seq: int,
+    dtype_name: str,
+    ceilings: dict,
+) -> dict:
+    """A measured candidate's row: its rates and their fraction of the device's ceiling."""
     seconds = timing.median_ms * 1e-3
     gbps = case.bytes / seconds / 1e9
     tflops = case.flops / seconds / 1e12 if case.flops is not None else None

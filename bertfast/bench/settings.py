@@ -142,6 +142,27 @@ QUICK_GPU_CASES = [
 ]
 
 
+# (on a GPU, quick) -> (batch, seq) of the kernel micro-benchmarks
+KERNEL_SHAPES: dict[tuple[bool, bool], list[tuple[int, int]]] = {
+    (True, False): [(1, 128), (32, 128), (32, 512)],
+    (True, True): [(32, 128), (8, 512)],
+    (False, False): [(2, 32)],
+    (False, True): [(2, 32)],
+}
+
+
+def default_cases(gpu: bool, quick: bool) -> list[Case]:
+    """The end-to-end grid a run gets when no configs, batches or seqs are given."""
+    if gpu and quick:
+        return list(QUICK_GPU_CASES)
+    configs, batches, seqs = AXES[gpu, quick]
+    return _grid(configs, batches, seqs, quick)
+
+
+def default_dtypes(gpu: bool, quick: bool) -> list[str]:
+    return (["bf16"] if quick else ["bf16", "fp16"]) if gpu else ["fp32"]
+
+
 def _grid(configs: list[str], batches: list[int], seqs: list[int], quick: bool) -> list[Case]:
     """Every dense case, then a varlen case at the largest shape (its dense twin is above)."""
     dense = [Case(c, b, s) for c, b, s in itertools.product(configs, batches, seqs)]
@@ -188,7 +209,7 @@ def make_settings(
         if s > MAX_SEQ:
             raise ValueError(f"seq {s} exceeds the configs' max_position_embeddings ({MAX_SEQ})")
     if not dtypes:
-        dtypes = (["bf16"] if quick else ["bf16", "fp16"]) if gpu else ["fp32"]
+        dtypes = default_dtypes(gpu, quick)
     for d in dtypes:
         if d not in DTYPES:
             raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
@@ -197,8 +218,8 @@ def make_settings(
         if b not in RUNNERS:
             raise ValueError(f"unknown backend {b!r}; choose from {', '.join(RUNNERS)}")
 
-    if gpu and quick and not (configs or batches or seqs):
-        cases = list(QUICK_GPU_CASES)
+    if not (configs or batches or seqs):
+        cases = default_cases(gpu, quick)
     else:
         default_configs, default_batches, default_seqs = AXES[gpu, quick]
         cases = _grid(
@@ -216,12 +237,7 @@ def make_settings(
             configs_in_grid = dict.fromkeys(c.config for c in cases)
             cases += [Case(c, b, s, varlen=True) for c in configs_in_grid for b, s in shapes]
 
-    if not kernels:
-        kernel_shapes = []
-    elif gpu:
-        kernel_shapes = [(32, 128), (8, 512)] if quick else [(1, 128), (32, 128), (32, 512)]
-    else:
-        kernel_shapes = [(2, 32)]
+    kernel_shapes = list(KERNEL_SHAPES[gpu, quick]) if kernels else []
 
     timer = _timer(gpu, quick)
     if rep_ms is not None:
