@@ -52,7 +52,18 @@ else
     if [ -z "${TORCH_INDEX_URL+set}" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
         TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
     fi
-    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    # One quick look first: pip would retry an unreachable index once per package.
+    if [ -n "${TORCH_INDEX_URL:-}" ] && ! .venv/bin/python - "$TORCH_INDEX_URL" <<'PY'; then
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)
+except Exception as exc:
+    print(f"setup: {sys.argv[1]} cannot be reached ({exc})")
+    sys.exit(1)
+PY
+        step "installing torch: pip install torch instead (PyPI's build also runs on the CPU)"
+        pip install torch
+    elif [ -n "${TORCH_INDEX_URL:-}" ]; then
         step "installing torch from TORCH_INDEX_URL=$TORCH_INDEX_URL (takes a minute or two)"
         # That index serves torch's dependencies too; PyPI is left out so that its (CUDA)
         # torch cannot win by a higher version.
