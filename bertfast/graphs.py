@@ -125,7 +125,7 @@ class PackedGraphs:
     def warmup(self, shapes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """Capture ahead of traffic: each (total_tokens, num_sequences) picks its bucket."""
         captured = []
-        with self._lock, torch.inference_mode():
+        with self._lock:
             for tokens, sequences in shapes:
                 key = self.buckets.select(tokens, sequences)
                 if key is None:
@@ -173,15 +173,18 @@ class PackedGraphs:
         tokens, sequences = key
         device = self.model.device
         zeros = lambda n, dtype=torch.long: torch.zeros(n, dtype=dtype, device=device)
-        cap = _Captured(
-            input_ids=zeros(tokens),
-            token_type_ids=zeros(tokens),
-            position_ids=zeros(tokens),
-            cu_seqlens=zeros(sequences + 1, torch.int32),
-            first_tokens=zeros(sequences),
-            outputs={},
-        )
-        cap.replay = self._capture_fn(lambda: self._run_static(cap, tokens))
+        # Normal tensors even under inference_mode: later calls without it copy into them.
+        with torch.inference_mode(False):
+            cap = _Captured(
+                input_ids=zeros(tokens),
+                token_type_ids=zeros(tokens),
+                position_ids=zeros(tokens),
+                cu_seqlens=zeros(sequences + 1, torch.int32),
+                first_tokens=zeros(sequences),
+                outputs={},
+            )
+        with torch.no_grad():
+            cap.replay = self._capture_fn(lambda: self._run_static(cap, tokens))
         self._graphs[key] = cap
         return cap
 

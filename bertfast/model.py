@@ -505,9 +505,10 @@ class BertModel(nn.Module):
 
     def _graphs_for_forward(self, backend: str):
         """The graph runner when this forward may replay a graph, else None."""
-        if self.graphs is not None and self.graphs.capture_is_custom:
-            pass  # a test's capture seam: graphs on any device
-        elif not self.cuda_graphs or self.device.type != "cuda" or backend == "torch":
+        if not self.cuda_graphs or backend == "torch":
+            return None  # the torch backend is the eager reference (its packed form syncs)
+        custom = self.graphs is not None and self.graphs.capture_is_custom
+        if self.device.type != "cuda" and not custom:  # a test's capture seam runs anywhere
             return None
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
@@ -594,11 +595,16 @@ class BertModel(nn.Module):
         backend: str = "auto",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        cuda_graphs: bool = True,
+        fused_epilogues: bool = False,
     ) -> BertModel:
-        """Load a Hugging Face BERT checkpoint directory (safetensors or PyTorch file)."""
+        """Load a Hugging Face BERT checkpoint directory (safetensors or PyTorch file);
+        ``cuda_graphs`` and ``fused_epilogues`` as in the constructor."""
         from bertfast.weights import load_pretrained_encoder
 
-        return load_pretrained_encoder(cls, name_or_path, backend, dtype, device)
+        model = load_pretrained_encoder(cls, name_or_path, backend, dtype, device)
+        model.cuda_graphs, model.fused_epilogues = cuda_graphs, fused_epilogues
+        return model
 
     @classmethod
     def from_hf_state_dict(

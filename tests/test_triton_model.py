@@ -45,6 +45,29 @@ def test_random_checkpoint_parity(tmp_path, config):
     assert torch.equal(padded, torch.zeros_like(padded))
 
 
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_fused_gemm_epilogues_match_transformers(tmp_path, act):
+    """GEMM + bias + GELU and GEMM + bias + residual + LayerNorm fused, as one model."""
+    path, hf = random_hf_bert(tmp_path, hidden_act=act)
+    model = BertModel.from_pretrained(path, backend="triton", fused_epilogues=True).eval()
+    ids, types, mask = random_batch(hf.config.vocab_size, seq=11)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+    assert max_abs_error(out.last_hidden_state, ref.last_hidden_state, mask) <= 1e-4
+    assert max_abs_error(out.pooler_output, ref.pooler_output) <= 1e-4
+
+
+def test_bf16_on_the_interpreter_is_refused(tmp_path):
+    """The interpreter's tl.dot multiplies bf16 bit patterns: a refusal, never garbage."""
+    path, _ = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="triton", dtype=torch.bfloat16)
+    ids = torch.randint(1, 99, (2, 5))
+    with pytest.raises(TypeError, match="interpreter's tl.dot does not support bf16"):
+        with torch.no_grad():
+            model(ids)
+
+
 def test_minilm_parity_short_inputs(minilm_dir):
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     model = BertModel.from_pretrained("all-MiniLM-L6-v2", backend="triton")

@@ -1,32 +1,52 @@
-"""CUDAGraphEncoder on a real GPU: replays equal eager forwards, for each kernel backend."""
+"""The packed CUDA-graph path on a real GPU: replays equal eager forwards for each kernel
+backend, with and without fused GEMM epilogues; buckets are shared across batch shapes."""
 
 import pytest
 import torch
 
 from bertfast import BertConfig, BertModel, ops
-from bertfast.graphs import CUDAGraphEncoder
+from bertfast.graphs import GraphBuckets
 from tests.helpers import max_abs_error
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda", "torch"])
+@pytest.mark.parametrize("backend,fused", [("triton", False), ("triton", True), ("cuda", False)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_graph_replay_equals_eager(backend, dtype):
+def test_graph_replay_equals_eager(backend, fused, dtype):
     if ops.backend_report("cuda")[backend] is not None:
         pytest.skip(ops.backend_report("cuda")[backend])
     config = BertConfig.preset("bert-base", num_hidden_layers=4)
     torch.manual_seed(0)
     model = BertModel(config, backend=backend, device="cuda", dtype=dtype).eval()
-    encoder = CUDAGraphEncoder(model)
-    for batch, seq in [(1, 128), (8, 77), (1, 128)]:
+    model.fused_epilogues = fused
+    eager = BertModel(config, backend=backend, device="cuda", dtype=dtype, cuda_graphs=False)
+    eager.load_state_dict(model.state_dict())
+    eager.eval().fused_epilogues = fused
+    for batch, seq in [(1, 128), (8, 77), (1, 128), (32, 128)]:
         ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
         mask = torch.ones_like(ids)
         mask[-1, seq // 2 :] = 0
-        replayed = encoder(ids, attention_mask=mask)
         with torch.inference_mode():
-            eager = model(ids, attention_mask=mask, compute_padded_positions=True)
+            replayed = model(ids, attention_mask=mask)
+            reference = eager(ids, attention_mask=mask)
+        real = mask.bool()
         # Same kernels on the same inputs; cuBLAS may pick another algorithm inside a graph.
-        assert max_abs_error(replayed.last_hidden_state, eager.last_hidden_state) <= 3e-2
-        assert max_abs_error(replayed.pooler_output, eager.pooler_output) <= 3e-2
-    assert sorted(encoder.captured_shapes) == [(1, 128), (8, 77)]
+        err = max_abs_error(replayed.last_hidden_state, reference.last_hidden_state, real)
+        assert err <= 3e-2
+        assert max_abs_error(replayed.pooler_output, reference.pooler_output) <= 3e-2
+    assert model.graphs.replays == 4
+    assert model.graphs.captured == [(1024, 8), (128, 1), (4096, 32)]
+
+
+def test_warmup_and_shared_pool():
+    if ops.backend_report("cuda")["triton"] is not None:
+        pytest.skip(ops.backend_report("cuda")["triton"])
+    config = BertConfig.preset("bert-base", num_hidden_layers=2)
+    model = BertModel(config, backend="triton", device="cuda", dtype=torch.bfloat16).eval()
+    model.enable_cuda_graphs(buckets=GraphBuckets((128, 512), (1, 4)), max_graphs=2)
+    assert model.graphs.warmup([(128, 1), (500, 4)]) == [(128, 1), (512, 4)]
+    ids = torch.randint(0, config.vocab_size, (4, 100), device="cuda")
+    with torch.inference_mode():
+        model(ids)
+    assert model.graphs.replays == 1 and len(model.graphs.captured) == 2

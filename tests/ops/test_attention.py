@@ -134,6 +134,8 @@ def test_unsupported_inputs_are_named(monkeypatch):
         attention(torch.zeros(1, 4, 3 * 64, dtype=torch.int32), 2)
     with pytest.raises(ValueError, match="last-dimension stride 2"):
         attention(torch.randn(1, 4, 3 * 64 * 2)[..., ::2], 2)
+    with pytest.raises(TypeError, match="interpreter's tl.dot does not support bf16"):
+        attention(torch.randn(1, 4, 3 * 64, dtype=torch.bfloat16), 2)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="qkv is a CPU tensor"):
         attention(torch.randn(1, 4, 3 * 64), 2)
