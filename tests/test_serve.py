@@ -172,9 +172,19 @@ def servers(model_dirs):
             s.stop()
 
 
+# Without TCP_NODELAY httpx's separate header and body writes wait on delayed ACKs.
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+def async_client(**kwargs):
+    limits = kwargs.pop("limits", httpx.Limits())
+    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=NODELAY)
+    return httpx.AsyncClient(timeout=120, transport=transport, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def client():
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=60, transport=httpx.HTTPTransport(socket_options=NODELAY)) as c:
         yield c
 
 
@@ -510,7 +520,7 @@ def test_model_failure_is_424_for_that_input_only(servers, client, hf_classifier
     good = ["a dog sat on the mat"]  # with the bad one: the server's limit of 2 in flight
 
     async def go():
-        async with httpx.AsyncClient(timeout=60) as ac:
+        async with async_client() as ac:
             bodies = [{"inputs": "poison the cat"}, *({"inputs": t} for t in good)]
             return await asyncio.gather(*(ac.post(url + "/predict", json=b) for b in bodies))
 
@@ -545,7 +555,7 @@ def test_200_concurrent_mixed_requests_each_get_their_own_answer(servers, client
 
     async def go():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as ac:
+        async with async_client(limits=limits) as ac:
             return await asyncio.gather(
                 *(ac.post(url + "/embed", json={"inputs": t, "truncate": True}) for t in requests)
             )
@@ -590,7 +600,7 @@ def test_shutdown_under_load_loses_nothing(model_dirs):
     rng = random.Random(1)
     held_texts = [random_text(rng, 5 + i) for i in range(3)]
     load_texts = [random_text(rng, rng.randint(1, 40)) for _ in range(60)]
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=60, transport=httpx.HTTPTransport(socket_options=NODELAY)) as c:
         held = [
             raw_partial_request(url, "/embed", json.dumps({"inputs": t}).encode())
             for t in held_texts
@@ -598,7 +608,7 @@ def test_shutdown_under_load_loses_nothing(model_dirs):
         wait_for_in_flight(c, url, len(held))
 
     async def load_then_stop():
-        async with httpx.AsyncClient(timeout=60) as ac:
+        async with async_client() as ac:
             tasks = [asyncio.ensure_future(ac.post(url + "/embed", json={"inputs": t}))
                      for t in load_texts]  # fmt: skip
             # Stop once the server is busy: some answered, the rest in flight or not sent yet.
@@ -631,3 +641,73 @@ def test_shutdown_under_load_loses_nothing(model_dirs):
     assert stopped == [f"{STOPPED} {answered} inference requests answered"], server.log()
     with pytest.raises(httpx.TransportError):
         httpx.post(url + "/embed", json={"inputs": "late"}, timeout=5)
+
+
+# -- the batcher alone, on a fake backend ---------------------------------------------------
+
+
+class RecordingBackend:
+    """Answers each sequence with its own ids; fails any forward holding id 13."""
+
+    padding_free = False
+
+    def __init__(self):
+        self.forwards: list[list[int]] = []
+
+    def run(self, seqs):
+        self.forwards.append([len(s.ids) for s in seqs])
+        if any(13 in s.ids for s in seqs):
+            raise ValueError("id 13 is out of range")
+        return [list(s.ids) for s in seqs]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_batcher_budgets_order_and_failure_isolation(padding_free):
+    from bertfast.serve.backend import Sequence
+    from bertfast.serve.batcher import Batcher
+    from bertfast.serve.errors import ServeError
+
+    backend = RecordingBackend()
+    backend.padding_free = padding_free
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(60)]
+    seqs = [Sequence("embed", [100 + i] * n, [0] * n) for i, n in enumerate(lengths)]
+    seqs[7] = Sequence("embed", [13, 13], [0, 0])
+
+    async def go():
+        batcher = Batcher(backend, max_batch_tokens=64, max_batch_requests=5, max_queue=100)
+        batcher.start()
+        items = [batcher.submit([s])[0] for s in seqs]  # all queued before the first forward
+        results = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(go())
+    for i, (seq, result) in enumerate(zip(seqs, results)):
+        if i == 7:
+            assert isinstance(result, ServeError) and result.status == 424
+            assert "id 13 is out of range" in result.message
+        else:
+            assert result == seq.ids, f"input {i} got another input's answer"
+    for lengths in backend.forwards:
+        assert len(lengths) <= 5
+        assert lengths == sorted(lengths)
+        cost = sum(lengths) if padding_free else len(lengths) * max(lengths)
+        assert cost <= 64 or len(lengths) == 1
+    # The failing forward was rerun one input at a time.
+    assert sum(lengths == [2] for lengths in backend.forwards) >= 1
+
+
+def test_batcher_refuses_when_the_queue_is_full():
+    from bertfast.serve.backend import Sequence
+    from bertfast.serve.batcher import Batcher
+    from bertfast.serve.errors import ServeError
+
+    async def go():
+        batcher = Batcher(RecordingBackend(), 64, None, max_queue=3)
+        batcher.submit([Sequence("embed", [1], [0])] * 3)
+        with pytest.raises(ServeError) as info:
+            batcher.submit([Sequence("embed", [1], [0])])
+        assert info.value.status == 429 and "at most 3" in info.value.message
+
+    asyncio.run(go())
