@@ -82,14 +82,15 @@ class Server:
     def log(self) -> str:
         return "\n".join(self.lines[-40:])
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
 
 
 # -- tiny random checkpoints --------------------------------------------------------------
@@ -168,8 +169,9 @@ def servers(model_dirs):
         urls = {name: s.wait_ready() for name, s in started.items()}
         yield urls
     finally:
-        for s in started.values():
-            s.stop()
+        # SIGINT stops as gracefully as SIGTERM: exit status 0.
+        codes = {name: s.stop(signal.SIGINT) for name, s in started.items()}
+    assert codes == dict.fromkeys(started, 0), {n: started[n].log() for n in started}
 
 
 # Without TCP_NODELAY httpx's separate header and body writes wait on delayed ACKs.
@@ -711,3 +713,18 @@ def test_batcher_refuses_when_the_queue_is_full():
         assert info.value.status == 429 and "at most 3" in info.value.message
 
     asyncio.run(go())
+
+
+def test_cli_errors_name_the_problem(capsys, tmp_path):
+    from bertfast.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert f"cannot bind {HOST}:{port}" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--max-batch-tokens", "0"]) == 2
+    assert "max_batch_tokens must be a positive integer, got 0" in capsys.readouterr().err

@@ -72,6 +72,12 @@ def serve(settings: ServeSettings) -> int:
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
     if settings.dtype not in dtypes:
         raise ValueError(f"unknown dtype {settings.dtype!r}; choose one of fp32, fp16, bf16")
+    # Bound before the model loads, so a taken port fails at once; nobody can connect until
+    # uvicorn listens on it.
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot bind {settings.host}:{settings.port}: {exc.strerror}") from None
     backend = load_backend(
         settings.model,
         device=settings.device,
@@ -80,7 +86,6 @@ def serve(settings: ServeSettings) -> int:
         cuda_graphs=settings.cuda_graphs,
     )
     app = build_app(backend, settings)
-    sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
 
