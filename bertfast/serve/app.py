@@ -14,6 +14,7 @@ an input over the model's token limit with truncate=false    413     Validation
 tokenizer failure                                            422     Tokenizer
 the model failed on the input, or cannot serve the route     424     Backend
 server stopping or batcher down (/health)                    503     Unhealthy
+a bug in the server (logged)                                 500     Internal
 ===========================================================  ======  ===========
 """
 
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,8 @@ from bertfast.serve.errors import ServeError
 from bertfast.serve.metrics import CONTENT_TYPE, Metrics
 from bertfast.serve.settings import ServeSettings
 from bertfast.serve.tokenization import DIRECTIONS, Tokenization
+
+logger = logging.getLogger("bertfast.serve")
 
 # POST routes that count against max_concurrent_requests and payload_limit.
 INFERENCE_ROUTES = {
@@ -463,6 +467,11 @@ class Router:
                 answer = await route(body, timing)
             except ServeError as err:
                 self.metrics.request_failure.labels(err.error_type).inc()
+                return error_response(err)
+            except Exception as exc:  # a bug, not the client's doing: still a JSON answer
+                logger.exception("%s failed", name)
+                self.metrics.request_failure.labels("Internal").inc()
+                err = ServeError(500, "Internal", f"internal error: {type(exc).__name__}: {exc}")
                 return error_response(err)
             m = self.metrics
             m.request_success.labels(name).inc()
