@@ -28,9 +28,15 @@ class GracefulServer(uvicorn.Server):
     received finish, then runs the app's shutdown (which drains the batcher).
     """
 
-    def __init__(self, config: uvicorn.Config, on_ready=None):
+    def __init__(self, config: uvicorn.Config, on_ready=None, on_signal=None):
         super().__init__(config)
         self._on_ready = on_ready
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_signal is not None:
+            self._on_signal()
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -103,7 +109,11 @@ def serve(settings: ServeSettings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=None,  # wait for every accepted request
     )
-    server = GracefulServer(config, on_ready=announce)
+
+    def draining() -> None:  # /health answers 503 from the signal on
+        app.router.stopping = True
+
+    server = GracefulServer(config, on_ready=announce, on_signal=draining)
     asyncio.run(server.serve(sockets=[sock]))
     if not server.started:
         print("bertfast serve: the server did not start", file=sys.stderr)
