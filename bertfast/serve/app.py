@@ -432,7 +432,7 @@ class Router:
                 "model_device": str(b.device),
                 "model_type": b.info(),
                 "backend": b.backend_name,
-                "cuda_graphs": b.graphs is not None,
+                "cuda_graphs": b.uses_cuda_graphs,
                 "max_concurrent_requests": s.max_concurrent_requests,
                 "max_input_length": b.max_input_length,
                 "max_batch_tokens": s.max_batch_tokens,

@@ -39,12 +39,8 @@ def _architectures(model_dir: Path) -> list[str]:
     return list(json.loads(config.read_text(encoding="utf-8")).get("architectures") or [])
 
 
-def _pad_bucket(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
 class ModelBackend:
-    """What every backend shares: the padded batch, the CUDA-graph path, the info."""
+    """What every backend shares: the padded batch, the device, the info."""
 
     kind = ""
     tasks: tuple[str, ...] = ()
@@ -54,13 +50,20 @@ class ModelBackend:
         self.tokenizer = tokenizer
         self.max_input_length = max_input_length
         self.pad_id = tokenizer.pad_token_id or 0
-        self.graphs = None
-        use_graphs = cuda_graphs == "on" or (cuda_graphs == "auto" and self.device.type == "cuda")
-        if use_graphs:
-            from bertfast.graphs import CUDAGraphEncoder
+        # BertModel replays CUDA graphs of its padding-free encoder by itself on CUDA (kernel
+        # backends, inference): "auto" leaves that on, "off" turns it off.
+        if cuda_graphs == "on" and self.device.type != "cuda":
+            raise ValueError(f"--cuda-graphs on needs a CUDA device; the model is on {self.device}")
+        if hasattr(encoder, "cuda_graphs"):
+            encoder.cuda_graphs = cuda_graphs != "off"
 
-            # Padded shapes are rounded to a few buckets so graphs are reused.
-            self.graphs = CUDAGraphEncoder(encoder.eval(), max_graphs=32)
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return (
+            bool(getattr(self.encoder, "cuda_graphs", False))
+            and self.device.type == "cuda"
+            and self.backend_name != "torch"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -77,17 +80,14 @@ class ModelBackend:
     @property
     def padding_free(self) -> bool:
         """Kernel backends skip padded positions; the torch path computes them."""
-        return self.graphs is None and self.backend_name != "torch"
+        return self.backend_name != "torch"
 
     def _inputs(self, seqs: list[Sequence]) -> tuple[dict[str, torch.Tensor], list[int]]:
         lengths = [len(s.ids) for s in seqs]
         rows, width = len(seqs), max(lengths)
-        if self.graphs is not None:
-            rows, width = 1 << (rows - 1).bit_length(), _pad_bucket(width, 32)
         ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         types = torch.zeros(rows, width, dtype=torch.long)
         mask = torch.zeros(rows, width, dtype=torch.long)
-        mask[len(seqs) :, 0] = 1  # filler rows of a graph bucket: one real token, no NaN
         for i, s in enumerate(seqs):
             ids[i, : lengths[i]] = torch.tensor(s.ids)
             types[i, : lengths[i]] = torch.tensor(s.type_ids)
@@ -96,8 +96,6 @@ class ModelBackend:
         return {k: v.to(self.device) for k, v in inputs.items()}, lengths
 
     def _encode(self, inputs: dict[str, torch.Tensor]):
-        if self.graphs is not None:
-            return self.graphs(**inputs)
         return self.encoder(**inputs)
 
     def run(self, seqs: list[Sequence]) -> list[Any]:
@@ -151,8 +149,8 @@ class EmbeddingBackend(ModelBackend):
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> list[Any]:
         inputs, lengths = self._inputs(seqs)
-        hidden = self._encode(inputs).last_hidden_state[: len(seqs)]
-        mask = inputs["attention_mask"][: len(seqs)]
+        hidden = self._encode(inputs).last_hidden_state
+        mask = inputs["attention_mask"]
         out: list[Any] = [None] * len(seqs)
         for normalize in (True, False):
             rows = [i for i, s in enumerate(seqs) if s.task == EMBED and s.normalize == normalize]
@@ -201,12 +199,7 @@ class ClassifierBackend(ModelBackend):
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> list[Any]:
         inputs, _ = self._inputs(seqs)
-        if self.graphs is None:
-            logits = self.head(**inputs).logits
-        else:
-            pooled = self._encode(inputs).pooler_output
-            logits = self.head.classifier(self.head.dropout(pooled))
-        return logits[: len(seqs)].float().cpu().tolist()
+        return self.head(**inputs).logits.float().cpu().tolist()
 
     def info(self) -> dict[str, Any]:
         id2label = {str(i): self.label(i) for i in range(self.num_labels)}
