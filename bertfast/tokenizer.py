@@ -41,6 +41,8 @@ LARGE_INTEGER = int(1e20)
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 TENSOR_TYPES = (None, "pt")
+# tokenizer_class values that transformers loads as its BertTokenizer.
+BERT_TOKENIZER_CLASSES = ("BertTokenizer", "BertTokenizerFast")
 
 # Order of transformers' SPECIAL_TOKENS_ATTRIBUTES, which fixes the order of all_special_ids.
 SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -241,6 +243,19 @@ class BertTokenizer:
         if tok.normalizer is not None:
             norm_state = json.loads(tok.normalizer.__getstate__())
         is_bert_normalizer = norm_state.get("type") == "BertNormalizer"
+        if config.get("tokenizer_class") in BERT_TOKENIZER_CLASSES:
+            # transformers 5's BertTokenizer builds its normalizer from tokenizer_config.json
+            # (its defaults for missing keys) and ignores the one in tokenizer.json.
+            do_lower_case = config.get("do_lower_case", True)
+            strip_accents = config.get("strip_accents")
+            chinese = config.get("tokenize_chinese_chars", True)
+            tok.normalizer = normalizers.BertNormalizer(
+                clean_text=True,
+                handle_chinese_chars=chinese,
+                strip_accents=strip_accents,
+                lowercase=do_lower_case,
+            )
+            norm_state = json.loads(tok.normalizer.__getstate__())
         # tokenizer_config.json wins over tokenizer.json's normalizer, as in transformers.
         do_lower_case = config.get("do_lower_case", norm_state.get("lowercase", True))
         strip_accents = config.get("strip_accents", norm_state.get("strip_accents"))

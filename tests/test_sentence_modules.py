@@ -217,3 +217,15 @@ def test_module_path_must_stay_inside(layout_dir, tmp_path):
     (path / "modules.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="leaves the model directory"):
         SentenceEncoder.from_pretrained(path, backend="torch")
+
+
+def test_directory_saved_by_sentence_transformers_6_with_do_lower_case(tmp_path, minilm_dir):
+    """sentence-transformers 6 bakes do_lower_case into the saved tokenizer.json, which
+    transformers' BertTokenizer then ignores on loading: follow what it computes."""
+    from tests.sentence_fixtures import tiny_bert_dir
+
+    bert = tiny_bert_dir(tmp_path / "bert", minilm_dir, cased=True)
+    transformer = st_modules.Transformer(str(bert), do_lower_case=True, max_seq_length=64)
+    model = st.SentenceTransformer(modules=[transformer, st_modules.Pooling(32)], device="cpu")
+    model.save(str(tmp_path / "model"))
+    assert_matches(tmp_path / "model")

@@ -692,3 +692,39 @@ def test_malformed_tokenizer_files_name_the_file(minilm_dir, tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": 3}')
     with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer file"):
         BertTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "normalizer, config_lower, tokenizer_class",
+    [
+        ("lowercase-then-cased-bert", False, "BertTokenizer"),
+        ("lowercase-then-cased-bert", None, "BertTokenizer"),
+        ("cased-bert", None, "BertTokenizer"),
+        ("cased-bert", False, "BertTokenizerFast"),
+        ("lowercase-then-cased-bert", None, None),
+    ],
+)
+def test_normalizer_chosen_as_transformers(minilm_dir, tmp_path, normalizer, config_lower,
+                                           tokenizer_class):  # fmt: skip
+    """transformers' BertTokenizer builds its normalizer from tokenizer_config.json; without a
+    tokenizer_class, tokenizer.json's normalizer is used as it is."""
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{minilm_dir}/{name}", tmp_path / name)
+    tokenizer_json = json.loads((tmp_path / "tokenizer.json").read_text())
+    bert = {**tokenizer_json["normalizer"], "lowercase": False}
+    if normalizer == "lowercase-then-cased-bert":
+        bert = {"type": "Sequence", "normalizers": [{"type": "Lowercase"}, bert]}
+    tokenizer_json["normalizer"] = bert
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("do_lower_case")
+    config.pop("tokenizer_class")
+    if config_lower is not None:
+        config["do_lower_case"] = config_lower
+    if tokenizer_class is not None:
+        config["tokenizer_class"] = tokenizer_class
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = BertTokenizer.from_pretrained(tmp_path)
+    for text in ("Hello WORLD Café", TEXTS[2], TEXTS[1]):
+        assert ours(text)["input_ids"] == reference(text)["input_ids"], text
