@@ -87,12 +87,14 @@ if [ "$gpu" = 1 ]; then
         echo "setup failed: nvcc is not on the PATH (install the CUDA toolkit, 12.x or 13.x)" >&2
         exit 1
     }
-    # cmake from the build extra (>= 3.24), and the venv's interpreter, which has pybind11:
-    # the shell's python3 may be another one.
-    step "building the CUDA extension (archs ${CUDA_ARCHS:-80;90a}) into bertfast/"
-    .venv/bin/cmake -S . -B build -DPython_EXECUTABLE="$PWD/.venv/bin/python" \
+    # cmake from the build extra (>= 3.24; the system's where the extra could not bring one),
+    # and the venv's interpreter, which has pybind11: the shell's python3 may be another one.
+    cmake=.venv/bin/cmake
+    [ -x "$cmake" ] || cmake=cmake
+    step "building the CUDA extension (archs ${CUDA_ARCHS:-80;90a}) into bertfast/ with $cmake"
+    "$cmake" -S . -B build -DPython_EXECUTABLE="$PWD/.venv/bin/python" \
         -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-80;90a}" >/dev/null
-    .venv/bin/cmake --build build -j "$(nproc)"
+    "$cmake" --build build -j "$(nproc)"
     step "backends on this machine"
     .venv/bin/bertfast info
 fi

@@ -52,7 +52,8 @@ def run_setup(checkout, *args, gpu=False, **env):
     if gpu:
         _executable(bin_dir / "nvidia-smi", "#!/usr/bin/env bash\nexit 0\n")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_")}
-    full_env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(checkout / "log"))
+    path = env.pop("PATH", os.environ["PATH"])
+    full_env.update(PATH=f"{bin_dir}:{path}", STUB_LOG=str(checkout / "log"))
     full_env.update(env)
     done = subprocess.run(
         ["bash", str(checkout / "scripts" / "setup.sh"), *args],
@@ -112,3 +113,13 @@ def test_a_pip_failure_is_shown_and_stops_setup(checkout):
     assert done.returncode != 0
     assert "ERROR: No matching distribution found for -e .[models]" in done.stdout + done.stderr
     assert "setup: done" not in done.stdout
+
+
+def test_gpu_mode_installs_the_build_extra_and_needs_nvcc(checkout):
+    if Path("/usr/bin/nvcc").exists() or Path("/bin/nvcc").exists():
+        pytest.skip("nvcc is in /usr/bin here")
+    done, _ = run_setup(checkout, "gpu", TORCH_INDEX_URL="", PATH="/usr/bin:/bin")
+    log = (checkout / "log").read_text()
+    assert "install -e .[models,bench,test,build]" in log
+    assert done.returncode == 1
+    assert "nvcc is not on the PATH" in done.stderr
