@@ -124,7 +124,7 @@ def e2e_params(quick: bool) -> list:
         compiled = [c for c in cases if not c.varlen][:1] if quick else cases
         backends = E2E_BACKENDS if gpu else CPU_E2E_BACKENDS
         for case, dtype, backend in itertools.product(cases, default_dtypes(gpu, quick), backends):
-            if backend == "hf-compile" and case not in compiled:
+            if backend.startswith("hf-compile") and case not in compiled:
                 continue
             e = EndToEndCase(device, case, dtype, backend)
             params.append(pytest.param(e, id=e.id, marks=_marks(device)))
@@ -155,7 +155,9 @@ def _timed(benchmark, call, device: torch.device, n_inputs: int) -> Timing | Non
 
 
 def _skip_unavailable(backend: str, device: torch.device) -> None:
-    reason = RUNNERS[backend].unavailable_reason(device) if backend in RUNNERS else None
+    if backend not in RUNNERS:
+        pytest.skip(f"no runner named {backend!r} in bertfast.bench.runners.RUNNERS")
+    reason = RUNNERS[backend].unavailable_reason(device)
     if reason is not None:
         pytest.skip(reason)
 
