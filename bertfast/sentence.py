@@ -1,9 +1,9 @@
 """Sentence embeddings as a sentence-transformers directory describes them.
 
 ``modules.json`` lists the steps: Transformer (the BERT encoder and its tokenizer), Pooling,
-then any of Dense, Dropout and Normalize. Each is read from its own folder and computed as
-sentence-transformers computes it; a module type we do not implement is refused by name,
-never skipped, because skipping it would change every vector.
+then any of Dense, Dropout, LayerNorm and Normalize. Each is read from its own folder and
+computed as sentence-transformers computes it; a module type we do not implement is refused
+by name, never skipped, because skipping it would change every vector.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ _LEGACY_POOLING_KEYS = {
 }
 # The files sentence-transformers reads a Transformer module's settings from, first found wins.
 TRANSFORMER_CONFIG_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json")
-SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Dropout", "Normalize")
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Dropout", "LayerNorm", "Normalize")
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -201,25 +201,47 @@ class Dense(torch.nn.Module):
             )
         except KeyError as exc:
             raise ValueError(f"{folder / 'config.json'}: missing {exc.args[0]!r}") from None
-        from bertfast.weights import CheckpointError, load_weights_file
+        return _load_module_weights(dense, folder)
 
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (folder / name).is_file():
-                state = load_weights_file(folder / name)
-                break
-        else:
-            raise FileNotFoundError(
-                f"Dense module without weights: no model.safetensors in {folder}"
-            )
-        expected = dense.state_dict()
-        if set(state) != set(expected) or any(
-            state[k].shape != v.shape for k, v in expected.items()
-        ):
-            got = {k: tuple(v.shape) for k, v in state.items()}
-            want = {k: tuple(v.shape) for k, v in expected.items()}
-            raise CheckpointError(f"{folder}: Dense weights {got} do not fit its config {want}")
-        dense.load_state_dict(state)
-        return dense.eval()
+
+class LayerNorm(torch.nn.Module):
+    """sentence-transformers' LayerNorm module on the sentence embedding."""
+
+    def __init__(self, dimension: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dimension)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> LayerNorm:
+        if not _has_config(folder):
+            raise FileNotFoundError(f"LayerNorm module without its config: no {folder}/config.json")
+        dimension = _json_object(folder / "config.json").get("dimension")
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+            raise ValueError(f"{folder / 'config.json'}: dimension must be a positive int")
+        return _load_module_weights(cls(dimension), folder)
+
+
+def _load_module_weights(module: torch.nn.Module, folder: Path):
+    """Fill ``module`` from the weights file in ``folder``; keys and shapes must all match."""
+    from bertfast.weights import WEIGHT_FILES, CheckpointError, load_weights_file
+
+    kind = type(module).__name__
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            state = load_weights_file(folder / name)
+            break
+    else:
+        raise FileNotFoundError(f"{kind} module without weights: no model.safetensors in {folder}")
+    expected = module.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        want = {k: tuple(v.shape) for k, v in expected.items()}
+        raise CheckpointError(f"{folder}: {kind} weights {got} do not fit its config {want}")
+    module.load_state_dict(state)
+    return module.eval()
 
 
 def _has_config(folder: Path) -> bool:
@@ -264,7 +286,7 @@ class Dropout:
         return "Dropout()"
 
 
-SentenceModule = Pooling | Dense | Normalize | Dropout
+SentenceModule = Pooling | Dense | LayerNorm | Normalize | Dropout
 
 
 def module_kind(type_name: str) -> str:
@@ -318,6 +340,8 @@ class SentenceTransformersDir:
                 modules.append(Pooling.from_config(_json_object(folder / "config.json")))
             elif kind == "Dense":
                 modules.append(Dense.from_dir(folder))
+            elif kind == "LayerNorm":
+                modules.append(LayerNorm.from_dir(folder))
             elif kind == "Normalize":
                 config = _json_object(folder / "config.json", {}) if _has_config(folder) else {}
                 if config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
@@ -384,7 +408,7 @@ class SentenceEncoder:
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
     ):
-        """``modules`` (Pooling first, then Dense / Dropout / Normalize) is what follows the
+        """``modules`` (Pooling, then Dense / Dropout / LayerNorm / Normalize) is what follows the
         encoder; without it, ``pooling`` (default mean) and ``normalize`` (default True)."""
         if modules is None:
             modules = [Pooling(check_pooling_modes(pooling or "mean"))]
@@ -431,7 +455,9 @@ class SentenceEncoder:
         tokenizer = BertTokenizer.from_pretrained(spec.encoder_dir)
         if spec.do_lower_case:
             tokenizer.lowercase_inputs()
-        modules = [m.to(model.device) if isinstance(m, Dense) else m for m in spec.modules]
+        modules = [
+            m.to(model.device) if isinstance(m, torch.nn.Module) else m for m in spec.modules
+        ]
         return cls(
             model,
             tokenizer,

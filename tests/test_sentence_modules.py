@@ -59,6 +59,13 @@ LAYOUTS = {
             st_modules.Dense(24, 12, bias=False),
         ]
     ),
+    "layernorm-dense-normalize": dict(
+        after_pooling=lambda: [
+            st_modules.LayerNorm(32),
+            st_modules.Dense(32, 16),
+            st_modules.Normalize(),
+        ]
+    ),
     "cls": dict(pooling_mode="cls"),
     "max": dict(pooling_mode="max"),
     "mean_sqrt_len_tokens": dict(pooling_mode="mean_sqrt_len_tokens"),
@@ -172,7 +179,7 @@ def test_pooling_without_config_is_refused(layout_dir, tmp_path):
     [
         "sentence_transformers.models.WeightedLayerPooling",
         "sentence_transformers.models.LSTM",
-        "sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm",
+        "sentence_transformers.models.CNN",
     ],
 )
 def test_unsupported_module_is_refused_by_name(layout_dir, tmp_path, module_type):
@@ -229,3 +236,22 @@ def test_directory_saved_by_sentence_transformers_6_with_do_lower_case(tmp_path,
     model = st.SentenceTransformer(modules=[transformer, st_modules.Pooling(32)], device="cpu")
     model.save(str(tmp_path / "model"))
     assert_matches(tmp_path / "model")
+
+
+def test_transformer_in_its_own_folder(layout_dir, tmp_path):
+    """Older directories keep the Transformer in a subfolder named by modules.json."""
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(layout_dir("dense-tanh-normalize"), path)
+    (path / "0_Transformer").mkdir()
+    for item in path.iterdir():
+        if item.is_file() and item.name not in (
+            "modules.json",
+            "config_sentence_transformers.json",
+        ):
+            item.rename(path / "0_Transformer" / item.name)
+    entries = json.loads((path / "modules.json").read_text())
+    entries[0]["path"] = "0_Transformer"
+    (path / "modules.json").write_text(json.dumps(entries))
+    assert_matches(path)
