@@ -60,7 +60,9 @@ class GracefulServer(uvicorn.Server):
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket (port 0: any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP (not 0), so asyncio sets TCP_NODELAY on accepted connections: without
+    # it the body write waits behind the header write for the client's delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
