@@ -17,6 +17,10 @@ from typing import Any
 from bertfast.serve import errors
 from bertfast.serve.backend import ModelBackend, Sequence
 
+# On the padded path a forward computes at most this many tokens per real one; one more
+# forward costs far less than 30 % more tokens on a CPU.
+PADDED_PER_REAL = 1.3
+
 
 @dataclass
 class Item:
@@ -115,8 +119,9 @@ class Batcher:
         return batch
 
     def _split(self, batch: list[Item]) -> list[list[Item]]:
-        """Sorted by length; on the padded path cut where padding would pass half the rows'
-        tokens, so a long input does not make every short one pay for its length."""
+        """Sorted by length; on the padded path cut where the padded tokens would pass
+        ``PADDED_PER_REAL`` times the real ones, so a long input does not make every short one
+        pay for its length (a padded token costs as much as a real one there)."""
         batch = sorted(batch, key=lambda it: it.length)
         if not self.padded:
             return [batch]
@@ -124,7 +129,7 @@ class Batcher:
         real = 0
         for item in batch:
             chunk = chunks[-1]
-            if chunk and (len(chunk) + 1) * item.length > 2 * (real + item.length):
+            if chunk and (len(chunk) + 1) * item.length > PADDED_PER_REAL * (real + item.length):
                 chunks.append([])
                 chunk, real = chunks[-1], 0
             chunk.append(item)
