@@ -369,10 +369,16 @@ def test_token_classification_rejects_bad_input(taggers):
     ner = taggers[0]
     with pytest.raises(ValueError, match="aggregation_strategy"):
         ner("text", aggregation_strategy="longest")
-    with pytest.raises(ValueError, match="input 1 is empty"):
-        ner(["fine", "  "])
     with pytest.raises(TypeError, match="str"):
         ner(None)
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple"])
+@pytest.mark.parametrize("inputs", ["", "  ", ["", "Paris"]], ids=["empty", "blank", "list"])
+def test_token_classification_of_empty_text_as_transformers(taggers, strategy, inputs):
+    ours, hf = taggers
+    kw = dict(aggregation_strategy=strategy)
+    assert_same(ours(inputs, **kw), hf(inputs, **kw), "token-classification")
 
 
 # question answering --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bertfast.heads import BertForTokenClassification
-from bertfast.pipelines.base import Pipeline, check_text
+from bertfast.pipelines.base import Pipeline, check_str
 from bertfast.pipelines.text_classification import label_name, np_softmax
 from bertfast.tokenizer import BertTokenizer
 
@@ -71,7 +71,7 @@ class TokenClassificationPipeline(Pipeline):
         texts = [inputs] if single else inputs
         if not isinstance(texts, (list, tuple)) or not texts:
             raise TypeError(f"inputs must be a str or a non-empty list of str, got {inputs!r:.80}")
-        texts = [check_text(t, f"input {i}") for i, t in enumerate(texts)]
+        texts = [check_str(t, f"input {i}") for i, t in enumerate(texts)]  # "" gives []
         encodings = self.tokenizer.encode_with_offsets(
             texts, truncation=True, max_length=self.max_length
         )
