@@ -185,9 +185,11 @@ class BertLayer(nn.Module):
         max_seqlen: int | None = None,
         validate: bool = True,
         fused_epilogues: bool = False,
+        attention_backend: str | None = None,
     ) -> torch.Tensor:
         """One layer; ``fused_epilogues`` runs the three GEMMs that have elementwise work after
-        them with that work inside the GEMM (``ops.linear_epilogue``, inference only)."""
+        them with that work inside the GEMM (``ops.linear_epilogue``, inference only);
+        ``attention_backend`` overrides ``backend`` for the attention (``auto``'s choice)."""
         qkv = F.linear(hidden, self.qkv.weight, self.qkv.bias)
         context = ops.attention(
             qkv,
@@ -196,7 +198,7 @@ class BertLayer(nn.Module):
             cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen,
             dropout_p=self.attention_dropout if self.training else 0.0,
-            backend=backend,
+            backend=attention_backend or backend,
             check_cu_seqlens=False,  # PackedBatch built them
             validate=validate,
         )
@@ -545,6 +547,7 @@ class BertModel(nn.Module):
         """
         backend = self.backend
         fused = self.fused_epilogues and backend == "triton" and not self.training
+        attention_backend = self.attention_backend(max_seqlen)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend, validate)
         for layer in self.layers:
             if collect is not None:
@@ -556,8 +559,17 @@ class BertModel(nn.Module):
                 max_seqlen=max_seqlen,
                 validate=validate,
                 fused_epilogues=fused,
+                attention_backend=attention_backend,
             )
         return hidden
+
+    def attention_backend(self, max_seqlen: int) -> str:
+        """The attention's backend for sequences up to ``max_seqlen``: the model's, except
+        where ``auto`` measured another faster (``ops.AUTO_ATTENTION_SWITCH``)."""
+        backend = self.backend
+        if self.requested_backend != "auto" or self.training:
+            return backend
+        return ops.auto_attention_backend(backend, self.device, self.config.head_dim, max_seqlen)
 
     def encode_padded(
         self,
@@ -573,11 +585,17 @@ class BertModel(nn.Module):
         the call can be captured in a CUDA graph. ``collect`` receives each layer's input.
         """
         backend = self.backend
+        attention_backend = self.attention_backend(input_ids.shape[1])
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
         for layer in self.layers:
             if collect is not None:
                 collect.append(hidden)
-            hidden = layer(hidden, backend, key_padding_mask=key_padding_mask)
+            hidden = layer(
+                hidden,
+                backend,
+                key_padding_mask=key_padding_mask,
+                attention_backend=attention_backend,
+            )
         return hidden
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor | None:

@@ -55,7 +55,7 @@ def skip_entry(backend: str, reason: str, config: str | None = None, **where) ->
 
 
 def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
-    if name == "hf-compile" and device.type == "cpu" and not settings.compile_on_cpu:
+    if name.startswith("hf-compile") and device.type == "cpu" and not settings.compile_on_cpu:
         return "torch.compile runs on the GPU by default (pass --compile-on-cpu)"
     return RUNNERS[name].unavailable_reason(device)
 
@@ -177,10 +177,12 @@ def run_e2e(
         else:
             skipped.append(skip_entry(name, reason))
             log(f"skip {name}: {reason}")
-    if "hf-compile" in active and settings.compile_cases is not None:
+    for compiled in [b for b in active if b.startswith("hf-compile")]:
+        if settings.compile_cases is None:
+            break
         labels = ", ".join(c.label for c in settings.compile_cases) or "no case"
         reason = f"--quick compiles only {labels}"
-        skipped.append(skip_entry("hf-compile", reason))
+        skipped.append(skip_entry(compiled, reason))
         log(f"note: {reason}")
 
     for config_name in settings.configs:
@@ -198,7 +200,7 @@ def run_e2e(
             reference = source.reference(inputs[0])
             for dtype in settings.dtypes:
                 for backend in active:
-                    if backend == "hf-compile" and settings.compile_cases is not None:
+                    if backend.startswith("hf-compile") and settings.compile_cases is not None:
                         if case not in settings.compile_cases:
                             continue
                     runner = _runner(runners, source, backend, dtype, skipped, log)

@@ -11,9 +11,12 @@ bytes per element:
   type rows) + 2·H·e (LayerNorm) + T·H·e (output) bytes
 - bias_residual_layer_norm: (3·T·H + 3·H)·e bytes (x, residual, output; bias, weight, bias)
 - bias_gelu: (2·T·I + I)·e bytes (x, output; bias)
+- linear_gelu (H→I) and linear_residual_layer_norm (I→H): 2·T·K·N FLOP; each GEMM with its
+  epilogue fused (``bertfast-triton`` variant ``fused``, ``ops.linear_epilogue``) against the
+  unfused path of each kernel backend (F.linear, then the fused elementwise op) and torch
 
-Attention is judged in TFLOP/s against the matmul ceiling, the others in GB/s against the copy
-ceiling.
+Attention and the GEMMs are judged in TFLOP/s against the matmul ceiling, the others in GB/s
+against the copy ceiling.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ from bertfast.bench.settings import DTYPES, BenchSettings
 from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
 from bertfast.config import BertConfig
 
-KERNEL_OPS = ("attention", "embedding_layer_norm", "bias_residual_layer_norm", "bias_gelu")
+KERNEL_OPS = (
+    "attention",
+    "embedding_layer_norm",
+    "bias_residual_layer_norm",
+    "bias_gelu",
+    "linear_gelu",
+    "linear_residual_layer_norm",
+)
 # SDPA kernels torch has for CUDA only: on another device they are left out of the grid (and
 # listed as skipped once), not tried and refused with torch's dispatcher text.
 SDPA_CUDA_ONLY = ("efficient", "cudnn")
@@ -246,11 +256,79 @@ def _bias_gelu_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCas
     return case
 
 
+def _gemm_epilogue_case(cfg, batch, seq, dtype, device, n, kernel_backends, which: str):
+    """A GEMM with its epilogue: fused (``ops.linear_epilogue``, Triton) against today's
+    unfused path on each kernel backend (F.linear, then the fused elementwise op) and torch."""
+    h, inter, eps = cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps
+    tokens = batch * seq
+    k, out = (h, inter) if which == "ffn_up" else (inter, h)
+    weight = torch.randn(out, k, device=device, dtype=dtype) / k**0.5
+    bias = torch.randn(out, device=device, dtype=dtype) * 0.1
+    ln_weight = 1 + torch.randn(out, device=device, dtype=dtype) * 0.1
+    ln_bias = torch.randn(out, device=device, dtype=dtype) * 0.1
+    approximate = cfg.gelu_approximate
+    if which == "ffn_up":
+        epilogue = "bias_gelu_tanh" if approximate == "tanh" else "bias_gelu"
+    else:
+        epilogue = "bias_residual_layer_norm"
+    sets = []
+    for _ in range(n):
+        x = {"x": torch.randn(tokens, k, device=device, dtype=dtype)}
+        if which != "ffn_up":
+            x["residual"] = torch.randn(tokens, out, device=device, dtype=dtype)
+        sets.append(x)
+
+    def norm_args(x: dict) -> tuple:
+        if which == "ffn_up":
+            return (None, None, None)
+        return (x["residual"], ln_weight, ln_bias)
+
+    def fused(backend: str) -> Callable[[dict], torch.Tensor]:
+        return lambda x: ops.linear_epilogue(
+            x["x"], weight, bias, epilogue, *norm_args(x), eps, backend=backend
+        )
+
+    def unfused(backend: str) -> Callable[[dict], torch.Tensor]:
+        def run(x: dict) -> torch.Tensor:
+            y = F.linear(x["x"], weight)
+            if which == "ffn_up":
+                return ops.bias_gelu(y, bias, approximate, backend=backend)
+            residual = x["residual"]
+            return ops.bias_residual_layer_norm(
+                y, bias, residual, ln_weight, ln_bias, eps, backend=backend
+            )
+
+        return run
+
+    def native(x: dict) -> torch.Tensor:
+        y = F.linear(x["x"], weight, bias)
+        if which == "ffn_up":
+            return F.gelu(y, approximate=approximate)
+        return F.layer_norm(y + x["residual"], (out,), ln_weight, ln_bias, eps)
+
+    def reference(x: dict) -> torch.Tensor:
+        norm = [None if t is None else t.float() for t in norm_args(x)]
+        return ops.linear_epilogue_reference(
+            x["x"].float(), weight.float(), bias.float(), epilogue, *norm, eps
+        )
+
+    moved = (tokens * k + out * k + tokens * out * (1 if which == "ffn_up" else 2)) * dtype.itemsize
+    case = OpCase(f"linear_{epilogue}", sets, reference, moved, 2.0 * tokens * k * out)
+    case.candidates.append(Candidate("torch-native", "", native))
+    for kb in kernel_backends:
+        case.candidates.append(Candidate(f"bertfast-{kb}", "unfused", unfused(kb)))
+    if "triton" in kernel_backends:
+        case.candidates.append(Candidate("bertfast-triton", "fused", fused("triton")))
+    return case
+
+
 OP_CASES = {
     "attention": _attention_case,
     "embedding_layer_norm": _embedding_case,
     "bias_residual_layer_norm": _residual_norm_case,
     "bias_gelu": _bias_gelu_case,
+    "linear_gelu": lambda *a: _gemm_epilogue_case(*a, which="ffn_up"),
+    "linear_residual_layer_norm": lambda *a: _gemm_epilogue_case(*a, which="ffn_down"),
 }
 
 

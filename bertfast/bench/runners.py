@@ -114,13 +114,21 @@ class ModelSource:
     def device(self) -> torch.device:
         return self.master.device
 
-    def bertfast_model(self, backend: str, dtype: torch.dtype) -> BertModel:
+    def bertfast_model(
+        self,
+        backend: str,
+        dtype: torch.dtype,
+        cuda_graphs: bool = True,
+        fused_epilogues: bool = False,
+    ) -> BertModel:
         model = BertModel(
             self.config,
             backend=backend,
             add_pooling_layer=self.has_pooler,
             device=self.device,
             dtype=dtype,
+            cuda_graphs=cuda_graphs,
+            fused_epilogues=fused_epilogues,
         )
         model.load_state_dict(self.master.state_dict())
         return model.eval()
@@ -182,19 +190,23 @@ class HFRunner(Runner):
 
 
 class CompiledHFRunner(Runner):
-    """``torch.compile`` of the HF SDPA model, compiled afresh (static shapes) for each case."""
+    """``torch.compile`` of the HF SDPA model, compiled afresh (static shapes) for each case.
+
+    ``mode="max-autotune"`` is torch.compile's strongest: autotuned GEMMs and CUDA graphs.
+    """
 
     compiles = True
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, mode: str | None = None):
         self.model = model
+        self.mode = mode
         self.compiled: Callable | None = None
 
     def start_case(self) -> None:
         # A fresh compile per case: dynamo's cache would otherwise turn shapes dynamic or fall
         # back to eager after its recompile limit.
         torch.compiler.reset()
-        self.compiled = torch.compile(self.model, dynamic=False)
+        self.compiled = torch.compile(self.model, dynamic=False, mode=self.mode)
 
     def __call__(self, inputs: Inputs) -> torch.Tensor:
         if self.compiled is None:
@@ -203,28 +215,15 @@ class CompiledHFRunner(Runner):
 
 
 class BertfastRunner(Runner):
+    """bertfast as a user calls it: on CUDA its forward replays packed CUDA graphs unless the
+    model was built with ``cuda_graphs=False`` (the eager rows)."""
+
     def __init__(self, model: BertModel):
         self.model = model
         self.padding_free = model.backend != "torch"
 
     def __call__(self, inputs: Inputs) -> torch.Tensor:
         return self.model(
-            inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            token_type_ids=inputs.token_type_ids,
-        ).last_hidden_state
-
-
-class GraphRunner(Runner):
-    """bertfast replayed from CUDA graphs (one per shape; capture happens in the warm-up)."""
-
-    def __init__(self, model: BertModel):
-        from bertfast.graphs import CUDAGraphEncoder
-
-        self.encoder = CUDAGraphEncoder(model)
-
-    def __call__(self, inputs: Inputs) -> torch.Tensor:
-        return self.encoder(
             inputs.input_ids,
             attention_mask=inputs.attention_mask,
             token_type_ids=inputs.token_type_ids,
@@ -254,13 +253,18 @@ def _bertfast_reason(backend: str) -> Callable[[torch.device], str | None]:
 
 
 def _bertfast_spec(backend: str) -> RunnerSpec:
+    """The eager rows: every op launched from Python."""
     return RunnerSpec(
-        lambda source, dtype: BertfastRunner(source.bertfast_model(backend, dtype)),
+        lambda source, dtype: BertfastRunner(
+            source.bertfast_model(backend, dtype, cuda_graphs=False)
+        ),
         _bertfast_reason(backend),
     )
 
 
-def _graph_spec(backend: str) -> RunnerSpec:
+def _graph_spec(backend: str, fused_epilogues: bool = False) -> RunnerSpec:
+    """The default path on CUDA: packed graphs (captured in the warm-up), optionally with the
+    GEMM epilogues fused."""
     kernel_reason = _bertfast_reason(backend)
 
     def reason(device: torch.device) -> str | None:
@@ -268,9 +272,17 @@ def _graph_spec(backend: str) -> RunnerSpec:
             return "CUDA graphs need a CUDA device"
         return kernel_reason(device)
 
-    return RunnerSpec(
-        lambda source, dtype: GraphRunner(source.bertfast_model(backend, dtype)), reason
-    )
+    def build(source: ModelSource, dtype: torch.dtype) -> Runner:
+        model = source.bertfast_model(backend, dtype, fused_epilogues=fused_epilogues)
+        return BertfastRunner(model)
+
+    return RunnerSpec(build, reason)
+
+
+def _max_autotune_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "max-autotune tunes GPU kernels and captures CUDA graphs: CUDA devices only"
+    return None
 
 
 RUNNERS: dict[str, RunnerSpec] = {
@@ -279,9 +291,14 @@ RUNNERS: dict[str, RunnerSpec] = {
     "hf-compile": RunnerSpec(
         lambda source, dtype: CompiledHFRunner(source.hf_model("sdpa", dtype))
     ),
+    "hf-compile-max-autotune": RunnerSpec(
+        lambda source, dtype: CompiledHFRunner(source.hf_model("sdpa", dtype), "max-autotune"),
+        _max_autotune_reason,
+    ),
     "bertfast-torch": _bertfast_spec("torch"),
     "bertfast-triton": _bertfast_spec("triton"),
     "bertfast-cuda": _bertfast_spec("cuda"),
     "bertfast-triton-graph": _graph_spec("triton"),
     "bertfast-cuda-graph": _graph_spec("cuda"),
+    "bertfast-triton-fused-graph": _graph_spec("triton", fused_epilogues=True),
 }

@@ -24,11 +24,13 @@ E2E_BACKENDS = (
     "hf-eager",
     "hf-sdpa",
     "hf-compile",
+    "hf-compile-max-autotune",
     "bertfast-torch",
     "bertfast-triton",
     "bertfast-cuda",
     "bertfast-triton-graph",
     "bertfast-cuda-graph",
+    "bertfast-triton-fused-graph",
 )
 MAX_SEQ = 512  # max_position_embeddings of every config above
 VARLEN_FILL = 0.5  # mean fill of the variable-length cases

@@ -108,6 +108,26 @@ BACKEND_INFO = {
 AUTO_PRIORITY = ("cuda", "triton", "torch")
 
 
+# Per-op choices of "auto" on a CUDA device, from measurements on the card: the CUDA attention
+# (mma.sync) loses to Triton's from 384 tokens per sequence on (H200: 161 vs 189 TFLOP/s at
+# b8 x s512, 7.91 vs 7.36 ms end to end at base b32 x s512; benchmarks/results/h200-*).
+AUTO_ATTENTION_SWITCH = {"cuda": (384, "triton")}
+
+
+def auto_attention_backend(
+    backend: str, device: torch.device, head_dim: int, max_seqlen: int
+) -> str:
+    """The attention backend ``auto`` uses in a model that runs ``backend`` otherwise."""
+    switch = AUTO_ATTENTION_SWITCH.get(backend)
+    if switch is None or max_seqlen < switch[0]:
+        return backend
+    other = switch[1]
+    if BACKEND_INFO[other].reason(device, head_dim) is not None:
+        return backend
+    load_kernels(other)
+    return other
+
+
 def _as_device(device: torch.device | str | None) -> torch.device:
     return torch.device("cpu") if device is None else torch.device(device)
 
