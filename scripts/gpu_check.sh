@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TRITON_INTERPRET=0  # tests/conftest.py turns the interpreter on when unset
+# The results name the commit they measured; a device copy of the tree has no .git, so pass
+# it: BERTFAST_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/gpu_check.sh
+export BERTFAST_GIT_COMMIT="${BERTFAST_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 python="${PYTHON:-python3}"
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
@@ -44,6 +47,11 @@ if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; the
     "$python" -m bertfast bench --quick --device cuda --output "$dest" 2>&1 | tee "$out/bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     cp "$dest"/*.json "$dest"/*.md "$out/" 2>/dev/null
+fi
+if [ "$run_bench" = 1 ]; then
+    echo "== forward profile (kernel time vs wall time, launches per forward)"
+    "$python" scripts/profile_forward.py "${dest:-$out}" 2>&1 | tee "$out/profile.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if [ "$run_tune" = 1 ]; then
     echo "== attention block-size sweep"

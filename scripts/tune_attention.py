@@ -1,8 +1,9 @@
 """Sweep the Triton attention kernel's block sizes on a GPU, at BERT shapes, against SDPA.
 
 Prints, per (head dim, batch x seq), the time of each (BLOCK_M, BLOCK_N, warps, stages) and of
-the current heuristic, and writes everything to tune_attention.json (in $OUT when set), so
-``_block_sizes`` in bertfast/triton/attention.py can be set from measurements.
+the current heuristic, writes everything to tune_attention.json (in $OUT when set), and the
+best config per (head dim, seq) to bertfast/triton/attention_blocks.json, which the launcher
+then uses (commit that file with the run's results).
 Usage: python scripts/tune_attention.py [--dtype bf16|fp16]
 """
 
@@ -72,6 +73,22 @@ def main() -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {path}")
+    entries = []
+    for case in results["cases"]:
+        timed = [c for c in case["configs"] if "ms" in c and c["max_abs_err"] < 0.1]
+        if timed:
+            best = min(timed, key=lambda c: c["ms"])
+            entries.append(
+                {"head_dim": case["head_dim"], "seq": case["seq"], "config": list(best["config"])}
+            )
+    table = {"device": results["device"], "dtype": args.dtype, "entries": entries}
+    for target in (
+        triton_attention.TUNED_BLOCKS_PATH,
+        os.path.join(os.environ.get("OUT", "."), "attention_blocks.json"),
+    ):
+        with open(target, "w") as f:
+            json.dump(table, f, indent=1)
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ cannot reach an output. A sequence with no real key returns zeros (its softmax d
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import triton
@@ -98,8 +100,36 @@ def _attention_kernel(
     )
 
 
+# Block sizes measured by scripts/tune_attention.py on a GPU (written beside this file and
+# committed); the heuristic below is used where the file is absent or has no entry.
+TUNED_BLOCKS_PATH = Path(__file__).with_name("attention_blocks.json")
+_tuned: dict | None = None
+
+
+def tuned_block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, int] | None:
+    """The measured best config for ``head_dim`` at the smallest swept length >= max_seqlen
+    (the longest swept one beyond it), or None."""
+    global _tuned
+    if _tuned is None:
+        _tuned = json.loads(TUNED_BLOCKS_PATH.read_text()) if TUNED_BLOCKS_PATH.is_file() else {}
+    entries = sorted(
+        (e["seq"], tuple(e["config"]))
+        for e in _tuned.get("entries", [])
+        if e["head_dim"] == head_dim
+    )
+    if not entries:
+        return None
+    for seq, config in entries:
+        if seq >= max_seqlen:
+            return config
+    return entries[-1][1]
+
+
 def _block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head dim and the longest sequence."""
+    tuned = tuned_block_sizes(head_dim, max_seqlen)
+    if tuned is not None:
+        return tuned
     block_m = 64 if max_seqlen <= 64 else 128
     if head_dim == 128:
         return block_m, 64, 8, 2

@@ -1,6 +1,7 @@
 """Attention: the torch reference against naive math, the Triton kernel against the reference."""
 
 import functools
+import json
 import math
 
 import pytest
@@ -173,3 +174,28 @@ def test_dispatch_and_custom_op():
         (qkv, 2, torch.ones(2, 5, dtype=torch.bool), None, None, "triton"),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+def test_tuned_block_sizes_are_used(tmp_path, monkeypatch):
+    """A sweep's table (scripts/tune_attention.py) overrides the heuristic where it has entries."""
+    launch_module = pytest.importorskip("bertfast.triton.attention")
+    table = tmp_path / "attention_blocks.json"
+    entries = [
+        {"head_dim": 64, "seq": 128, "config": [64, 32, 4, 2]},
+        {"head_dim": 64, "seq": 512, "config": [128, 64, 8, 3]},
+    ]
+    table.write_text(json.dumps({"device": "test", "entries": entries}))
+    monkeypatch.setattr(launch_module, "TUNED_BLOCKS_PATH", table)
+    monkeypatch.setattr(launch_module, "_tuned", None)
+    assert launch_module._block_sizes(64, 100) == (64, 32, 4, 2)
+    assert launch_module._block_sizes(64, 384) == (128, 64, 8, 3)
+    assert launch_module._block_sizes(64, 1024) == (128, 64, 8, 3)
+    heuristic = launch_module._block_sizes(32, 128)
+    monkeypatch.setattr(launch_module, "_tuned", {})
+    assert launch_module._block_sizes(32, 128) == heuristic
+    # A packed call still equals the reference with a tuned config.
+    monkeypatch.setattr(launch_module, "_tuned", None)
+    qkv = torch.randn(9, 3 * 64 * 2)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    out = attention(qkv, 2, cu_seqlens=cu, max_seqlen=5)
+    assert_close(out, attention_reference(qkv, 2, cu_seqlens=cu, max_seqlen=5), atol=2e-5)
