@@ -229,7 +229,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     texts = list(args.texts)
     if not texts:
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        from bertfast.pipelines.cli import read_lines
+
+        texts = read_lines(sys.stdin)  # names a line that is not UTF-8
     if not texts:
         raise ValueError("give at least one text (as arguments or one per line on stdin)")
     encoder = SentenceEncoder.from_pretrained(

@@ -63,11 +63,12 @@ def cuda_extension_reason() -> str | None:
 
 
 def _cuda_reason(device: torch.device) -> str | None:
+    # The device first: building the extension would not make it run here.
+    if device.type != "cuda":
+        return f"the CUDA kernels run on CUDA devices only, not on {device.type!r}"
     reason = cuda_extension_reason()
     if reason:
         return reason
-    if device.type != "cuda":
-        return f"the CUDA kernels run on CUDA devices only, not on {device.type!r}"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return f"the GPU has compute capability {major}.{minor}; the kernels need 8.0 or newer"
