@@ -204,6 +204,8 @@ class BertLayer(nn.Module):
         )
         if fused_epilogues:
             return self._forward_fused(context, hidden, backend, validate)
+        if backend == "torch" and hidden.dtype == torch.float32:
+            return self._forward_native(context, hidden)
         attn = F.linear(context, self.attention_output.weight)
         hidden = self._residual_norm(
             attn, self.attention_output, hidden, self.attention_norm, backend, validate
@@ -217,6 +219,20 @@ class BertLayer(nn.Module):
         )
         out = F.linear(inter, self.output.weight)
         return self._residual_norm(out, self.output, hidden, self.output_norm, backend, validate)
+
+    def _forward_native(self, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The torch backend in fp32: bias inside the GEMM (addmm) and one add before each
+        LayerNorm, as transformers computes it; in fp32 this equals the op references with
+        fewer passes over the activations (the CPU path's cost)."""
+        attn = self.dropout(self.attention_output(context))
+        norm = self.attention_norm
+        hidden = F.layer_norm(
+            attn + hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        )
+        inter = F.gelu(self.intermediate(hidden), approximate=self.gelu_approximate)
+        out = self.dropout(self.output(inter))
+        norm = self.output_norm
+        return F.layer_norm(out + hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def _forward_fused(self, context, hidden, backend: str, validate: bool) -> torch.Tensor:
         def project(x, linear: nn.Linear, epilogue: str, residual=None, norm=None):
