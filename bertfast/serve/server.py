@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -77,6 +78,9 @@ def serve(settings: ServeSettings) -> int:
     from bertfast.serve.backend import load_backend
 
     settings.check()
+    # Requests are tokenized a few texts at a time on the server's own worker threads; the
+    # tokenizer's rayon pool would only add spinning threads on the cores the model needs.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
     if settings.dtype not in dtypes:
         raise ValueError(f"unknown dtype {settings.dtype!r}; choose one of fp32, fp16, bf16")
