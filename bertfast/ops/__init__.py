@@ -191,38 +191,68 @@ def get_kernel(op: str, backend: str) -> Callable:
     return kernel
 
 
+# The ops whose kernels have a backward (``bertfast.<backend>.<op>.launch_backward``); the
+# op's custom op carries it (``register_autograd`` in ``bertfast/ops/<op>.py``).
+KERNEL_BACKWARD_OPS = {
+    "triton": ("bias_gelu",),
+    "cuda": (),
+}
+
+_BACKWARDS: dict[tuple[str, str], Callable] = {}
+
+
+def no_backward_message(op: str, backend: str) -> str:
+    return (
+        f"the {backend} kernel {op!r} has no backward pass; train with backend='torch' "
+        "(or run inference under torch.no_grad() / torch.inference_mode())"
+    )
+
+
+def get_backward(op: str, backend: str) -> Callable:
+    """The backward launch of ``op`` on a kernel backend, or NotImplementedError saying which
+    op lacks one."""
+    backward = _BACKWARDS.get((op, backend))
+    if backward is not None:
+        return backward
+    if op not in KERNEL_BACKWARD_OPS.get(backend, ()):
+        raise NotImplementedError(no_backward_message(op, backend))
+    package = "bertfast.triton" if backend == "triton" else "bertfast.cuda"
+    module = importlib.import_module(f"{package}.{op}")
+    backward = _BACKWARDS[(op, backend)] = module.launch_backward
+    return backward
+
+
 class _ForwardOnly(torch.autograd.Function):
-    """A kernel call in a graph that needs gradients: the backward says it does not exist,
-    instead of autograd silently skipping everything before the kernel."""
+    """A kernel call in a graph that needs gradients, where the kernel has no backward: the
+    backward says so, instead of autograd silently skipping everything before the kernel."""
 
     @staticmethod
-    def forward(ctx, description: str, kernel: Callable, *args):
-        ctx.description = description
+    def forward(ctx, op: str, backend: str, kernel: Callable, *args):
+        ctx.op, ctx.backend = op, backend
         return kernel(*args)
 
     @staticmethod
     def backward(ctx, *grads):
-        raise NotImplementedError(
-            f"{ctx.description} has no backward pass; train with backend='torch' "
-            "(or run inference under torch.no_grad() / torch.inference_mode())"
-        )
+        raise NotImplementedError(no_backward_message(ctx.op, ctx.backend))
 
 
 def run_kernel(op: str, backend: str, custom_op: Callable, *args):
     """Launch ``op`` on a kernel backend with checked ``args``.
 
     Inside torch.compile the op's registered custom op (``custom_op(*args, backend)``) is
-    traced; eager calls go straight to the launch. Backward through a kernel is refused
-    rather than dropped.
+    traced; eager calls go straight to the launch. When a gradient is needed, an op with a
+    backward on ``backend`` runs through its custom op (whose registered autograd calls the
+    backward kernels); backward through any other kernel is refused rather than dropped.
     """
     if torch.compiler.is_compiling():
         return custom_op(*args, backend)
-    kernel = get_kernel(op, backend)
     if torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args
     ):
-        return _ForwardOnly.apply(f"the {backend} kernel {op!r}", kernel, *args)
-    return kernel(*args)
+        if op in KERNEL_BACKWARD_OPS.get(backend, ()):
+            return custom_op(*args, backend)
+        return _ForwardOnly.apply(op, backend, get_kernel(op, backend), *args)
+    return get_kernel(op, backend)(*args)
 
 
 def load_kernels(backend: str) -> None:
@@ -265,6 +295,7 @@ __all__ = [
     "EPILOGUES",
     "linear_epilogue",
     "linear_epilogue_reference",
+    "get_backward",
     "get_kernel",
     "run_kernel",
     "load_kernels",

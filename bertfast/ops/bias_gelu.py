@@ -1,8 +1,9 @@
 """GELU(x + bias), exact erf form (BERT's ``gelu``) or tanh form (``gelu_new``).
 
 The op's contract lives here once: signature, input checks, torch reference, the custom op
-torch.compile traces and its fake; ``bertfast/triton/bias_gelu.py`` and
-``bertfast/cuda/bias_gelu.py`` hold only kernels and their launch.
+torch.compile traces, its fake and its autograd (a backward custom op giving dx and dbias);
+``bertfast/triton/bias_gelu.py`` and ``bertfast/cuda/bias_gelu.py`` hold only kernels and
+their launch (the backward on Triton only).
 """
 
 from __future__ import annotations
@@ -53,6 +54,37 @@ def _bias_gelu_op(
 @_bias_gelu_op.register_fake
 def _(x, bias, approximate, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("bertfast::bias_gelu_backward", mutates_args=())
+def _bias_gelu_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dbias); dbias is empty when there is no bias."""
+    from bertfast.ops import get_backward
+
+    return get_backward("bias_gelu", backend)(grad, x, bias, approximate)
+
+
+@_bias_gelu_backward_op.register_fake
+def _(grad, x, bias, approximate, backend):
+    dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dbias
+
+
+def _setup_bias_gelu_context(ctx, inputs, output):
+    x, bias, approximate, backend = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate, ctx.backend = approximate, backend
+
+
+def _bias_gelu_backward(ctx, grad):
+    x, bias = ctx.saved_tensors
+    dx, dbias = _bias_gelu_backward_op(grad, x, bias, ctx.approximate, ctx.backend)
+    return dx, (dbias if bias is not None else None), None, None
+
+
+_bias_gelu_op.register_autograd(_bias_gelu_backward, setup_context=_setup_bias_gelu_context)
 
 
 def bias_gelu(
