@@ -225,8 +225,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from bertfast.corpus.cli import check_sentence_mode, run_corpus
     from bertfast.sentence import SentenceEncoder
 
+    if args.input is not None:  # corpus mode: files in, shards of vectors out
+        return run_corpus(args)
+    check_sentence_mode(args)
     texts = list(args.texts)
     if not texts:
         from bertfast.pipelines.cli import read_lines
@@ -314,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(func=cmd_info)
 
+    from bertfast.corpus.cli import add_corpus_arguments
+
     embed = sub.add_parser("embed", help="sentence embeddings and their cosine similarities")
     embed.add_argument("texts", nargs="*", help="texts to embed (default: one per line on stdin)")
     add_model_arguments(embed, DEFAULT_MODEL)
@@ -325,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     embed.add_argument("--json", action="store_true", help="print JSON")
+    add_corpus_arguments(embed)
     embed.set_defaults(func=cmd_embed)
 
     for module in COMMAND_MODULES:
