@@ -1,7 +1,8 @@
 """LayerNorm(x + bias + residual): the closing step of BERT's attention and FFN sub-layers.
 
-The op's contract lives here once (signature, checks, reference, custom op and fake); the
-backend modules of the same name hold only kernels and their launch.
+The op's contract lives here once (signature, checks, reference, custom op, fake and autograd:
+a backward custom op giving dx = dresidual, dbias, dweight, dln_bias); the backend modules of
+the same name hold only kernels and their launch (the backward on Triton only).
 """
 
 from __future__ import annotations
@@ -71,6 +72,50 @@ def _bias_residual_layer_norm_op(
 @_bias_residual_layer_norm_op.register_fake
 def _(x, bias, residual, weight, ln_bias, eps, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("bertfast::bias_residual_layer_norm_backward", mutates_args=())
+def _bias_residual_layer_norm_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d(x + bias + residual), dbias, dweight, dln_bias); dbias is empty without a bias."""
+    from bertfast.ops import get_backward
+
+    return get_backward("bias_residual_layer_norm", backend)(grad, x, bias, residual, weight, eps)
+
+
+@_bias_residual_layer_norm_backward_op.register_fake
+def _(grad, x, bias, residual, weight, eps, backend):
+    dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
+    dsum = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dsum, dbias, torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _setup_bias_residual_layer_norm_context(ctx, inputs, output):
+    x, bias, residual, weight, ln_bias, eps, backend = inputs
+    # mean and rstd are recomputed in the backward; ln_bias is not needed there.
+    ctx.save_for_backward(x, bias, residual, weight)
+    ctx.eps, ctx.backend = eps, backend
+
+
+def _bias_residual_layer_norm_backward(ctx, grad):
+    x, bias, residual, weight = ctx.saved_tensors
+    dsum, dbias, dweight, dln_bias = _bias_residual_layer_norm_backward_op(
+        grad, x, bias, residual, weight, ctx.eps, ctx.backend
+    )
+    # x and residual enter as a sum: both get dsum.
+    return dsum, (dbias if bias is not None else None), dsum, dweight, dln_bias, None, None
+
+
+_bias_residual_layer_norm_op.register_autograd(
+    _bias_residual_layer_norm_backward, setup_context=_setup_bias_residual_layer_norm_context
+)
 
 
 def bias_residual_layer_norm(

@@ -1,4 +1,5 @@
-"""Triton kernel: LayerNorm(x + bias + residual) in one pass, one row per program."""
+"""Triton kernels: LayerNorm(x + bias + residual) in one pass, one row per program; its backward,
+rows shared among a few programs that each write partial sums of the parameter grads."""
 
 from __future__ import annotations
 
@@ -66,3 +67,116 @@ def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
         num_warps=min(16, max(1, block // 256)),
     )
     return out
+
+
+@triton.jit
+def _bias_residual_layer_norm_backward_kernel(
+    dsum_ptr,  # (rows, hidden) contiguous, out: the gradient of x + bias + residual
+    partial_ptr,  # (3, programs, hidden) fp32, out: this program's dweight, dln_bias, dbias
+    grad_ptr,  # (rows, hidden), row stride stride_grad
+    x_ptr,  # (rows, hidden), row stride stride_x
+    bias_ptr,  # (hidden,), ignored unless HAS_BIAS
+    residual_ptr,  # (rows, hidden), row stride stride_residual
+    weight_ptr,  # (hidden,)
+    rows,
+    hidden,
+    stride_grad,
+    stride_x,
+    stride_residual,
+    rows_per_program,
+    programs,
+    eps,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    program = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    col_mask = cols < hidden
+    w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dweight = tl.zeros((BLOCK,), dtype=tl.float32)
+    dln_bias = tl.zeros((BLOCK,), dtype=tl.float32)
+    dbias = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(0, rows_per_program):
+        row = program * rows_per_program + i
+        mask = col_mask & ((cols * 0 + row) < rows)  # a vector mask: the interpreter wants one
+        row64 = row.to(tl.int64)
+        # mean and rstd recomputed from the inputs (the forward saves nothing).
+        s = tl.load(x_ptr + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        s += tl.load(residual_ptr + row64 * stride_residual + cols, mask=mask, other=0.0).to(
+            tl.float32
+        )
+        if HAS_BIAS:
+            s += bias
+        mean = tl.sum(s, axis=0) / hidden
+        centered = tl.where(mask, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / hidden + eps)
+        normed = centered * rstd
+        dy = tl.load(grad_ptr + row64 * stride_grad + cols, mask=mask, other=0.0).to(tl.float32)
+        dweight += dy * normed
+        dln_bias += dy
+        g = dy * w
+        mean_g = tl.sum(g, axis=0) / hidden
+        mean_g_normed = tl.sum(g * normed, axis=0) / hidden
+        ds = tl.where(mask, (g - mean_g - normed * mean_g_normed) * rstd, 0.0)
+        tl.store(dsum_ptr + row64 * hidden + cols, ds.to(dsum_ptr.dtype.element_ty), mask=mask)
+        dbias += ds
+    out = partial_ptr + program * hidden + cols
+    tl.store(out, dweight, mask=col_mask)
+    tl.store(out + programs * hidden, dln_bias, mask=col_mask)
+    if HAS_BIAS:
+        tl.store(out + 2 * programs * hidden, dbias, mask=col_mask)
+
+
+def _reduction_programs(device: torch.device) -> int:
+    """Programs that share the rows of the backward (each writes one partial sum of the
+    parameter grads): two per SM on a GPU, a few under the interpreter."""
+    if device.type != "cuda":
+        return 4
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch_backward(grad, x, bias, residual, weight, eps: float):
+    """(dsum, dbias, dweight, dln_bias) of LayerNorm(x + bias + residual) for the output's
+    gradient ``grad``: dsum is the gradient of x and of residual alike; the parameter grads are
+    reduced from per-program fp32 partial sums (no atomics); dbias is empty without a bias."""
+    x_rows = as_rows("x", x)
+    residual_rows = as_rows("residual", residual)
+    rows, hidden = x_rows.shape
+    grad_rows = grad.reshape(rows, hidden)
+    if hidden > 1 and grad_rows.stride(-1) != 1:
+        grad_rows = grad_rows.contiguous()  # e.g. the expanded gradient of a sum()
+    dsum = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if rows == 0:
+        dbias = x.new_empty(0) if bias is None else torch.zeros_like(bias)
+        return dsum, dbias, torch.zeros_like(weight), torch.zeros_like(weight)
+    programs = min(_reduction_programs(x.device), rows)
+    rows_per_program = triton.cdiv(rows, programs)
+    programs = triton.cdiv(rows, rows_per_program)
+    partial = torch.empty((3, programs, hidden), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(hidden)
+    _bias_residual_layer_norm_backward_kernel[(programs,)](
+        dsum,
+        partial,
+        grad_rows,
+        x_rows,
+        bias if bias is not None else weight,
+        residual_rows,
+        weight,
+        rows,
+        hidden,
+        grad_rows.stride(0),
+        x_rows.stride(0),
+        residual_rows.stride(0),
+        rows_per_program,
+        programs,
+        eps,
+        HAS_BIAS=bias is not None,
+        BLOCK=block,
+        num_warps=min(16, max(1, block // 256)),
+    )
+    # One sum per grad: the custom op's outputs may not be views of one tensor.
+    dweight, dln_bias = (partial[k].sum(0).to(weight.dtype) for k in (0, 1))
+    dbias = partial[2].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    return dsum, dbias, dweight, dln_bias
