@@ -498,10 +498,14 @@ def finish_raw(sock: socket.socket, rest: bytes) -> tuple[int, object]:
     return int(head.split()[1]), json.loads(payload)
 
 
-def wait_for_in_flight(client, url: str, count: int) -> None:
+def wait_for_in_flight(client, url: str, count: int, exactly: bool = False) -> None:
+    """Poll /metrics until at least (or exactly) ``count`` inference requests are in flight."""
     deadline = time.monotonic() + 30
-    while metric(client.get(url + "/metrics").text, "te_requests_in_flight") < count:
-        assert time.monotonic() < deadline, f"never saw {count} requests in flight"
+    while True:
+        now = metric(client.get(url + "/metrics").text, "te_requests_in_flight")
+        if now == count or (now > count and not exactly):
+            return
+        assert time.monotonic() < deadline, f"never saw {count} requests in flight (now {now})"
         time.sleep(0.02)
 
 
@@ -518,11 +522,14 @@ def test_429_over_max_concurrent_requests(servers, client, hf_classifiers):
         status, answer = finish_raw(sock, rest)
         assert status == 200
         assert answer[0]["label"] == LABELS[int(np.argmax(logits))]
+    # A request leaves the count just after its answer is sent: wait for it, then go on.
+    wait_for_in_flight(client, url, 0, exactly=True)
     assert post(client, url, "/predict", {"inputs": "a dog"}).status_code == 200
 
 
 def test_model_failure_is_424_for_that_input_only(servers, client, hf_classifiers):
     url = servers["classifier"]
+    wait_for_in_flight(client, url, 0, exactly=True)  # the limit of 2 is all ours
     good = ["a dog sat on the mat"]  # with the bad one: the server's limit of 2 in flight
 
     async def go():
