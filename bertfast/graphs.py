@@ -157,7 +157,8 @@ class PackedGraphs:
             cap.position_ids,
             cap.cu_seqlens,
             self._max_length(tokens),
-            validate=False,
+            # Layouts are checked on a model's first forward (here: its first capture).
+            validate=model._first_forward_on(model.backend),
         )
         cap.outputs["hidden"] = hidden
         if model.pooler is not None:
@@ -185,6 +186,8 @@ class PackedGraphs:
             )
         with torch.no_grad():
             cap.replay = self._capture_fn(lambda: self._run_static(cap, tokens))
+        model = self.model
+        model._validated.add((model.device, model.dtype, model.backend))
         self._graphs[key] = cap
         return cap
 
