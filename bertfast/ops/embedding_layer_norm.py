@@ -1,8 +1,10 @@
 """Token + position + segment embedding gather, sum and LayerNorm, as one op.
 
-The op's contract lives here once (signature, checks, reference, custom op and fake); the
-backend modules of the same name hold only kernels and their launch.
-"""
+The op's contract lives here once (signature, checks, reference, custom op, fake and autograd);
+the backend modules of the same name hold only kernels and their launch (the backward on Triton
+only). The backward gives every table row the plain scatter-add of its tokens' gradients, the
+padding id's row included, as a plain index would: ``nn.Embedding(padding_idx)``'s rule (no
+gradient for the padding row) is applied by the model (``bertfast.model._ZeroRowGradient``)."""
 
 from __future__ import annotations
 
@@ -118,6 +120,57 @@ def _embedding_layer_norm_op(
 @_embedding_layer_norm_op.register_fake
 def _(input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps, b):
     return word.new_empty(*input_ids.shape, word.shape[1])
+
+
+@torch.library.custom_op("bertfast::embedding_layer_norm_backward", mutates_args=())
+def _embedding_layer_norm_backward_op(
+    grad: torch.Tensor,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dword, dposition, dtoken_type, dweight, dbias): each table's grad is the plain
+    scatter-add by id of the sum's gradient, the padding id's row included."""
+    from bertfast.ops import get_backward
+
+    return get_backward("embedding_layer_norm", backend)(
+        grad, input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
+        token_type_embeddings, weight, eps,
+    )  # fmt: skip
+
+
+@_embedding_layer_norm_backward_op.register_fake
+def _(grad, input_ids, token_type_ids, position_ids, word, position, token_type, weight, eps, b):
+    return (
+        torch.empty_like(word),
+        torch.empty_like(position),
+        torch.empty_like(token_type),
+        torch.empty_like(weight),
+        torch.empty_like(weight),
+    )
+
+
+def _setup_embedding_layer_norm_context(ctx, inputs, output):
+    *tensors, bias, eps, backend = inputs
+    # The sum, mean and rstd are recomputed from the tables in the backward.
+    ctx.save_for_backward(*tensors)
+    ctx.eps, ctx.backend = eps, backend
+
+
+def _embedding_layer_norm_backward(ctx, grad):
+    grads = _embedding_layer_norm_backward_op(grad, *ctx.saved_tensors, ctx.eps, ctx.backend)
+    return (None, None, None, *grads, None, None)
+
+
+_embedding_layer_norm_op.register_autograd(
+    _embedding_layer_norm_backward, setup_context=_setup_embedding_layer_norm_context
+)
 
 
 def embedding_layer_norm(
