@@ -471,9 +471,30 @@ class BertModel(nn.Module):
         # Left padding: the pooler reads position 0, which the padding-free path skips.
         compute_padded_positions |= first_padded and self.pooler is not None
         if backend != "torch" and self.training and torch.is_grad_enabled():
-            raise NotImplementedError(
-                f"the {backend} kernels have no backward pass; train with backend='torch'"
-            )
+            # Training runs these ops on the backend (fused epilogues are off in training).
+            used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
+            lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
+            dropout = [
+                f"{name}={getattr(self.config, name)}"
+                for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+                if getattr(self.config, name) > 0
+            ]
+            reasons = []
+            if dropout:
+                reasons.append(
+                    f"dropout inside the kernels is not implemented ({', '.join(dropout)}; "
+                    "set both to 0)"
+                )
+            if lacking:
+                names = ", ".join(repr(op) for op in lacking)
+                verb = "has" if len(lacking) == 1 else "have"
+                kernels = "kernel" if len(lacking) == 1 else "kernels"
+                reasons.append(f"the {backend} {kernels} {names} {verb} no backward pass")
+            if reasons:
+                raise NotImplementedError(
+                    f"cannot train on backend={backend!r}: {'; '.join(reasons)}; "
+                    "train with backend='torch'"
+                )
         graphs = None
         if not (output_hidden_states or (has_padding and compute_padded_positions)):
             graphs = self._graphs_for_forward(backend)
