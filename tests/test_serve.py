@@ -664,6 +664,9 @@ class RecordingBackend:
 
     padding_free = False
 
+    def warmup(self):
+        pass
+
     def __init__(self):
         self.forwards: list[list[int]] = []
 
@@ -689,7 +692,7 @@ def test_batcher_budgets_order_and_failure_isolation(padding_free):
 
     async def go():
         batcher = Batcher(backend, max_batch_tokens=64, max_batch_requests=5, max_queue=100)
-        batcher.start()
+        await batcher.start()
         items = [batcher.submit([s])[0] for s in seqs]  # all queued before the first forward
         results = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
         await batcher.stop()

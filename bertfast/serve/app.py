@@ -159,7 +159,7 @@ class Router:
             max_queue=s.max_concurrent_requests * s.max_client_batch_size,
             metrics=self.metrics,
         )
-        self.batcher.start()
+        await self.batcher.start()
         try:
             yield
         finally:

@@ -63,8 +63,12 @@ class Batcher:
 
     # -- lifecycle
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="bertfast-batcher")
+    async def start(self) -> None:
+        """Warm the model up on its own thread (its compute thread pool is per calling
+        thread), then start the loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.backend.warmup)
+        self._task = loop.create_task(self._loop(), name="bertfast-batcher")
 
     @property
     def healthy(self) -> bool:

@@ -29,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auto_truncate=args.auto_truncate,
         tokenization_workers=args.tokenization_workers,
         cuda_graphs=args.cuda_graphs,
+        num_threads=args.num_threads,
         log_level=args.log_level,
     )
     return serve(settings)
@@ -60,6 +61,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--tokenization-workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default=d.cuda_graphs)
+    p.add_argument(
+        "--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     p.add_argument(
         "--log-level", default=d.log_level, choices=("critical", "error", "warning", "info")
     )

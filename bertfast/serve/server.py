@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -81,6 +80,8 @@ def serve(settings: ServeSettings) -> int:
     # Requests are tokenized a few texts at a time on the server's own worker threads; the
     # tokenizer's rayon pool would only add spinning threads on the cores the model needs.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
     if settings.dtype not in dtypes:
         raise ValueError(f"unknown dtype {settings.dtype!r}; choose one of fp32, fp16, bf16")
@@ -120,7 +121,7 @@ def serve(settings: ServeSettings) -> int:
         app.router.stopping = True
 
     server = GracefulServer(config, on_ready=announce, on_signal=draining)
-    asyncio.run(server.serve(sockets=[sock]))
+    server.run(sockets=[sock])  # on uvicorn's choice of event loop (uvloop when installed)
     if not server.started:
         print("bertfast serve: the server did not start", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ class ServeSettings:
     auto_truncate: bool = False  # the default of ``truncate`` when a request leaves it out
     tokenization_workers: int = 2
     cuda_graphs: str = "auto"  # auto (on for CUDA devices), on, off
+    num_threads: int | None = None  # torch's intra-op threads (None: torch's default)
     log_level: str = "warning"
 
     def check(self) -> None:
@@ -40,6 +41,8 @@ class ServeSettings:
         }
         if self.max_batch_requests is not None:
             positive["max_batch_requests"] = self.max_batch_requests
+        if self.num_threads is not None:
+            positive["num_threads"] = self.num_threads
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
