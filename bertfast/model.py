@@ -582,23 +582,10 @@ class BertModel(nn.Module):
         No host sync happens here (the graph runner captures it). ``max_seqlen`` may be a bound
         above the longest sequence; ``collect`` receives each layer's input.
         """
-        backend = self.backend
-        fused = self.fused_epilogues and backend == "triton" and not self.training
-        attention_backend = self.attention_backend(max_seqlen)
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend, validate)
-        for layer in self.layers:
-            if collect is not None:
-                collect.append(hidden)
-            hidden = layer(
-                hidden,
-                backend,
-                cu_seqlens=cu_seqlens,
-                max_seqlen=max_seqlen,
-                validate=validate,
-                fused_epilogues=fused,
-                attention_backend=attention_backend,
-            )
-        return hidden
+        fused = self.fused_epilogues and self.backend == "triton" and not self.training
+        layout = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, fused_epilogues=fused)
+        ids = (input_ids, token_type_ids, position_ids)
+        return self._encode(*ids, max_seqlen, validate, collect, **layout)
 
     def attention_backend(self, max_seqlen: int) -> str:
         """The attention's backend for sequences up to ``max_seqlen``: the model's, except
@@ -621,17 +608,30 @@ class BertModel(nn.Module):
         Inputs must already be validated (``prepare_inputs``); no host sync happens here, so
         the call can be captured in a CUDA graph. ``collect`` receives each layer's input.
         """
+        ids = (input_ids, token_type_ids, position_ids)
+        seq = input_ids.shape[1]
+        return self._encode(*ids, seq, True, collect, key_padding_mask=key_padding_mask)
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        longest: int,
+        validate: bool,
+        collect: list[torch.Tensor] | None,
+        **layout,
+    ) -> torch.Tensor:
+        """Embeddings, then every layer with the attention ``layout`` (padded or packed);
+        ``longest`` bounds a sequence's length (``auto`` picks the attention by it)."""
         backend = self.backend
-        attention_backend = self.attention_backend(input_ids.shape[1])
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend)
+        attention_backend = self.attention_backend(longest)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, backend, validate)
         for layer in self.layers:
             if collect is not None:
                 collect.append(hidden)
             hidden = layer(
-                hidden,
-                backend,
-                key_padding_mask=key_padding_mask,
-                attention_backend=attention_backend,
+                hidden, backend, validate=validate, attention_backend=attention_backend, **layout
             )
         return hidden
 

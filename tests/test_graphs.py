@@ -34,9 +34,18 @@ class HostSyncError(AssertionError):
     pass
 
 
+# Per thread, as torch's dispatch modes are: one caller's capture must not flag another's
+# host reads outside its captured region.
+_state = threading.local()
+
+
+def _guarding() -> bool:
+    return getattr(_state, "active", False) and not getattr(_state, "paused", False)
+
+
 class _SyncDetector(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in SYNCING_OPS and not SyncGuard.paused:
+        if func in SYNCING_OPS and _guarding():
             raise HostSyncError(f"{func} inside the captured region would sync the host")
         return func(*args, **(kwargs or {}))
 
@@ -45,23 +54,20 @@ class SyncGuard:
     """Active inside the captured region: raises on any host sync. Kernel launches run
     paused (the interpreter reads its arguments on the host; a GPU launch does not)."""
 
-    active = False
-    paused = False
-
     def __enter__(self):
-        SyncGuard.active = True
+        _state.active = True
         self.mode = _SyncDetector()
         self.mode.__enter__()
         return self
 
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
-        SyncGuard.active = False
+        _state.active = False
 
 
 def _refuse(name, original):
     def method(self, *args, **kwargs):
-        if SyncGuard.active and not SyncGuard.paused:
+        if _guarding():
             raise HostSyncError(f"Tensor.{name}() inside the captured region syncs the host")
         return original(self, *args, **kwargs)
 
@@ -78,11 +84,12 @@ def sync_guard_hooks(monkeypatch):
         kernel = original(op, backend)
 
         def launch(*args, **kwargs):
-            SyncGuard.paused = True
+            paused = getattr(_state, "paused", False)
+            _state.paused = True
             try:
                 return kernel(*args, **kwargs)
             finally:
-                SyncGuard.paused = False
+                _state.paused = paused
 
         return launch
 
