@@ -364,7 +364,12 @@ def test_torchrun_two_ranks_equal_one_process(
 ):
     out, result = torchrun_output
     path, texts = corpus
-    embed(tiny_encoder, [path], tmp_path / "one", model=tiny_dir, id_field="id", shard_size=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run (OMP_NUM_THREADS=1): GEMM splits by threads
+    try:
+        embed(tiny_encoder, [path], tmp_path / "one", model=tiny_dir, id_field="id", shard_size=40)
+    finally:
+        torch.set_num_threads(threads)
     two, ids2 = load_embeddings(out)
     one, ids1 = load_embeddings(tmp_path / "one")
     assert ids2 == ids1 == [f"doc-{i}" for i in range(len(texts))]

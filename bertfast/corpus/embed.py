@@ -51,6 +51,10 @@ from bertfast.sentence import Normalize, SentenceEncoder
 SORT_WINDOW = 8192
 DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_SHARD_SIZE = 50_000
+# Where the model pads (the torch backend computes the whole batch x longest grid), a batch
+# holds no text shorter than this fraction below its longest; the padding-free kernel path
+# is not charged for padding, so there batches fill the token budget.
+MAX_PADDING = 0.1
 # Batches tokenized ahead of the model.
 QUEUE_DEPTH = 8
 # How often plain (non-terminal) progress lines are written, in seconds.
@@ -190,6 +194,27 @@ class _InputEnd:
     shard_counts: list[int]
 
 
+def plan_batches(lengths: np.ndarray, budget: int, max_padding: float = 1.0) -> list[np.ndarray]:
+    """Batches of text indices, longest first: each holds at most ``budget`` tokens counted
+    with padding (rows x longest row), and none shorter than ``1 - max_padding`` of its
+    longest, so a batch's padding stays under that fraction. Deterministic in ``lengths``."""
+    order = np.argsort(-lengths, kind="stable")
+    descending = lengths[order]
+    batches = []
+    i = 0
+    while i < len(order):
+        longest = int(descending[i])
+        end = min(len(order), i + max(1, budget // max(longest, 1)))
+        if max_padding < 1.0:
+            # The first text shorter than the floor ends the batch (descending order).
+            floor = longest * (1.0 - max_padding)
+            end = min(end, int(np.searchsorted(-descending, -floor, side="right")))
+        end = max(end, i + 1)
+        batches.append(order[i:end])
+        i = end
+    return batches
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """A cheap identity of a model directory: its small JSON files' bytes and its weight
     files' names and sizes (hashing gigabytes of weights on every run would cost minutes)."""
@@ -303,6 +328,7 @@ class CorpusEmbedder:
         self.prompt_length = self.encoder._prompt_length(self.prompt) if self.prompt else None
         self.out_dir = Path(options.output)
         self.pin = self.encoder.device.type == "cuda"
+        self.max_padding = MAX_PADDING if self.encoder.model.backend == "torch" else 1.0
 
     # ------------------------------------------------------------------ settings
 
@@ -365,7 +391,6 @@ class CorpusEmbedder:
         """Token-budget batches of one shard, longest first within each sorted window."""
         tokenizer = self.encoder.tokenizer
         pad_id = tokenizer.pad_token_id or 0
-        budget = self.options.batch_tokens
         if self.prompt:
             texts = [self.prompt + t for t in texts]
         for start in range(0, len(texts), SORT_WINDOW):
@@ -373,13 +398,8 @@ class CorpusEmbedder:
             ids = tokenizer(window, truncation="longest_first", max_length=self.max_length)
             ids = ids["input_ids"]
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-            order = np.argsort(-lengths, kind="stable")
-            i = 0
-            while i < len(order):
-                longest = int(lengths[order[i]])
-                rows = max(1, budget // max(longest, 1))  # padded tokens <= budget
-                picked = order[i : i + rows]
-                i += len(picked)
+            for picked in plan_batches(lengths, self.options.batch_tokens, self.max_padding):
+                longest = int(lengths[picked[0]])
                 input_ids = np.full((len(picked), longest), pad_id, dtype=np.int64)
                 mask = np.zeros((len(picked), longest), dtype=np.int64)
                 for row, j in enumerate(picked):
