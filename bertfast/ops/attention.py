@@ -14,12 +14,16 @@ an output (NaN there is harmless); a sequence with no real key at all returns ze
 query row; padded query rows are computed like real ones (they attend to the real keys) and are
 otherwise unspecified.
 
-The op's contract lives here once (signature, checks, reference, custom op and fake); the
-backend modules of the same name hold only kernels and their launch.
+The op's contract lives here once (signature, checks, reference, custom ops, fakes and the
+autograd: a training forward that also returns the log-sum-exp, and a backward custom op giving
+dqkv); the backend modules of the same name hold only kernels and their launch (the backward on
+Triton only). Gradients: padded keys get none and pass none on; padded query rows are
+differentiated like real ones, as the forward computes them (the reference's autograd agrees).
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import torch
@@ -186,6 +190,88 @@ def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
     return qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
 
 
+@torch.library.custom_op("bertfast::attention_with_lse", mutates_args=())
+def _attention_with_lse_op(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of training: (out, lse), lse the (heads, rows) fp32 log-sum-exp the backward
+    recomputes the probabilities from (rows: tokens packed, batch * seq padded)."""
+    from bertfast.ops import get_backward
+
+    get_backward("attention", backend)  # a backend without a backward says so here
+    module = importlib.import_module(f"bertfast.{backend}.attention")
+    return module.launch_with_lse(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
+
+
+@_attention_with_lse_op.register_fake
+def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+    rows = qkv.shape[0] if cu_seqlens is not None else qkv.shape[0] * qkv.shape[1]
+    out = qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
+    return out, qkv.new_empty(num_heads, rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("bertfast::attention_backward", mutates_args=())
+def _attention_backward_op(
+    grad: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    backend: str,
+) -> torch.Tensor:
+    """dqkv, laid out as qkv (contiguous)."""
+    from bertfast.ops import get_backward
+
+    return get_backward("attention", backend)(
+        grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+    )
+
+
+@_attention_backward_op.register_fake
+def _(grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _setup_attention_context(ctx, inputs, output):
+    qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    # No score or probability matrix is kept: q, k, v, the output and one float per row/head.
+    ctx.save_for_backward(qkv, out, lse, key_padding_mask, cu_seqlens)
+    ctx.num_heads, ctx.max_seqlen, ctx.backend = num_heads, max_seqlen, backend
+
+
+def _attention_backward(ctx, grad, grad_lse):
+    qkv, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
+    dqkv = _attention_backward_op(
+        grad, qkv, out, lse, ctx.num_heads, key_padding_mask, cu_seqlens, ctx.max_seqlen,
+        ctx.backend,
+    )  # fmt: skip
+    return dqkv, None, None, None, None, None
+
+
+_attention_with_lse_op.register_autograd(
+    _attention_backward, setup_context=_setup_attention_context
+)
+
+
+def _attention_custom_op(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+    """The custom op to run: the training forward (with the log-sum-exp its backward needs)
+    when qkv needs a gradient, the plain one otherwise; traceable by torch.compile."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        args = (qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
+        return _attention_with_lse_op(*args)[0]
+    return _attention_op(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
+
+
 def attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -223,7 +309,7 @@ def attention(
     return run_kernel(
         "attention",
         backend,
-        _attention_op,
+        _attention_custom_op,
         qkv,
         num_heads,
         key_padding_mask,

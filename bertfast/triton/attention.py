@@ -1,4 +1,5 @@
-"""Triton kernel: flash-style attention read straight from the fused QKV projection.
+"""Triton kernels: flash-style attention read straight from the fused QKV projection, and its
+backward (probabilities recomputed from the saved log-sum-exp; dk/dv, then dq).
 
 Online softmax over key blocks (the seq x seq score matrix never exists), fp32 statistics and
 accumulation, base-2 exponentials with the 1/sqrt(d) scale folded in. One program computes a
@@ -39,12 +40,16 @@ def _attention_kernel(
     num_heads,
     hidden,
     qk_scale,  # 1/sqrt(head_dim) * log2(e)
+    lse_ptr,  # with STORE_LSE: (heads, rows) fp32, rows = tokens (packed) or batch * seq
+    stride_lse_head,
+    stride_lse_batch,  # seq_len when padded, 0 when packed
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PACKED: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    STORE_LSE: tl.constexpr = False,
 ):
     # (batch * heads) on axis 0, whose limit is 2**31 - 1; axis 1 is capped at 65535.
     batch_head = tl.program_id(0)
@@ -91,6 +96,12 @@ def _attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if STORE_LSE:
+        # Base-2 log-sum-exp of the scaled scores, for the backward; +inf for a row with no
+        # real key, so that the backward's exp2(score - lse) is 0 there.
+        lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        lse_rows = lse_ptr + head * stride_lse_head + batch64 * stride_lse_batch + start + offs_m
+        tl.store(lse_rows, lse, mask=offs_m < length)
     out_base = out_ptr + batch64 * stride_out_batch + start * stride_out_token + head * HEAD_DIM
     out_rows = offs_m.to(tl.int64)[:, None] * stride_out_token
     tl.store(
@@ -147,6 +158,26 @@ def launch(
     """Launch (inputs checked by ``bertfast.ops.attention``); ``block_config``
     (BLOCK_M, BLOCK_N, warps, stages) overrides the heuristic
     (scripts/tune_attention.py sweeps it on a GPU)."""
+    return _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, block_config)
+
+
+def launch_with_lse(
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of training: (out, lse), lse the (heads, rows) fp32 base-2 log-sum-exp of
+    each query row's scaled scores (rows = tokens packed, batch * seq padded; +inf for a row
+    with no real key), which the backward recomputes the probabilities from."""
+    rows = qkv.shape[0] if cu_seqlens is not None else qkv.shape[0] * qkv.shape[1]
+    lse = torch.full((num_heads, rows), float("inf"), dtype=torch.float32, device=qkv.device)
+    out = _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, None, lse)
+    return out, lse
+
+
+def _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, block_config, lse=None):
     hidden = qkv.shape[-1] // 3
     head_dim = hidden // num_heads
     packed = cu_seqlens is not None
@@ -178,6 +209,262 @@ def launch(
         num_heads,
         hidden,
         LOG2_E / math.sqrt(head_dim),
+        lse if lse is not None else qkv,
+        lse.stride(0) if lse is not None else 0,
+        seq_len,
+        HEAD_DIM=head_dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PACKED=packed,
+        HAS_MASK=mask is not None,
+        PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+        STORE_LSE=lse is not None,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
+@triton.jit
+def _attention_backward_dkdv_kernel(
+    dqkv_ptr,  # same shape as qkv, contiguous, zero-filled; out: this block's dk and dv
+    qkv_ptr,  # as in the forward
+    dout_ptr,  # the output's gradient, contiguous, (..., hidden)
+    lse_ptr,  # (heads, rows) fp32, from the forward
+    delta_ptr,  # (heads, rows) fp32: rowsum(dout * out) per head
+    mask_ptr,  # padded with HAS_MASK: (batch, seq) uint8, 1 = real token
+    cu_seqlens_ptr,  # packed: (batch + 1,) int32 offsets
+    stride_qkv_batch,  # 0 when packed (qkv and dqkv alike)
+    stride_qkv_token,
+    stride_dqkv_batch,
+    stride_dqkv_token,
+    stride_dout_batch,
+    stride_dout_token,
+    stride_mask_batch,
+    stride_lse_head,  # lse and delta alike
+    seq_len,
+    num_heads,
+    hidden,
+    qk_scale,  # 1/sqrt(head_dim) * log2(e)
+    sm_scale,  # 1/sqrt(head_dim)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program: one block of keys of one head of one sequence; loops over the queries."""
+    batch_head = tl.program_id(0)
+    block_n = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    if PACKED:
+        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
+        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
+    else:
+        start = 0
+        length = seq_len
+    if block_n * BLOCK_N >= length:
+        return
+    batch64 = batch.to(tl.int64)
+    offs_n = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid = offs_n < length
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_n, mask=valid, other=0)
+        valid = valid & (keep != 0)
+    qkv_base = qkv_ptr + batch64 * stride_qkv_batch + start * stride_qkv_token + head * HEAD_DIM
+    kv_rows = offs_n.to(tl.int64)[:, None] * stride_qkv_token + offs_d[None, :]
+    # Padded keys are never loaded: their dk and dv come out 0 (p is 0 in their columns).
+    k = tl.load(qkv_base + hidden + kv_rows, mask=valid[:, None], other=0.0)
+    v = tl.load(qkv_base + 2 * hidden + kv_rows, mask=valid[:, None], other=0.0)
+    dout_base = dout_ptr + batch64 * stride_dout_batch + start * stride_dout_token + head * HEAD_DIM
+    lse_base = lse_ptr + head * stride_lse_head + batch64 * seq_len + start
+    delta_base = delta_ptr + head * stride_lse_head + batch64 * seq_len + start
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for block_m in range(0, tl.cdiv(length, BLOCK_M)):
+        offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        in_seq = offs_m < length
+        q_rows = offs_m.to(tl.int64)[:, None]
+        q = tl.load(
+            qkv_base + q_rows * stride_qkv_token + offs_d[None, :],
+            mask=in_seq[:, None],
+            other=0.0,
+        )
+        do = tl.load(
+            dout_base + q_rows * stride_dout_token + offs_d[None, :],
+            mask=in_seq[:, None],
+            other=0.0,
+        )
+        lse = tl.load(lse_base + offs_m, mask=in_seq, other=float("inf"))
+        delta = tl.load(delta_base + offs_m, mask=in_seq, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.exp2(scores - lse[:, None])
+        p = tl.where(in_seq[:, None] & valid[None, :], p, 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    dk *= sm_scale
+    dqkv_base = dqkv_ptr + batch64 * stride_dqkv_batch + start * stride_dqkv_token + head * HEAD_DIM
+    d_rows = offs_n.to(tl.int64)[:, None] * stride_dqkv_token + offs_d[None, :]
+    in_rows = (offs_n < length)[:, None]
+    tl.store(dqkv_base + hidden + d_rows, dk.to(dqkv_ptr.dtype.element_ty), mask=in_rows)
+    tl.store(dqkv_base + 2 * hidden + d_rows, dv.to(dqkv_ptr.dtype.element_ty), mask=in_rows)
+
+
+@triton.jit
+def _attention_backward_dq_kernel(
+    dqkv_ptr,  # same shape as qkv, contiguous, zero-filled; out: this block's dq
+    qkv_ptr,
+    dout_ptr,
+    lse_ptr,
+    delta_ptr,
+    mask_ptr,
+    cu_seqlens_ptr,
+    stride_qkv_batch,
+    stride_qkv_token,
+    stride_dqkv_batch,
+    stride_dqkv_token,
+    stride_dout_batch,
+    stride_dout_token,
+    stride_mask_batch,
+    stride_lse_head,
+    seq_len,
+    num_heads,
+    hidden,
+    qk_scale,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program: one block of queries of one head of one sequence; loops over the keys."""
+    batch_head = tl.program_id(0)
+    block_m = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    if PACKED:
+        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
+        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
+    else:
+        start = 0
+        length = seq_len
+    if block_m * BLOCK_M >= length:
+        return
+    batch64 = batch.to(tl.int64)
+    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_seq = offs_m < length
+    qkv_base = qkv_ptr + batch64 * stride_qkv_batch + start * stride_qkv_token + head * HEAD_DIM
+    q_rows = offs_m.to(tl.int64)[:, None]
+    q = tl.load(
+        qkv_base + q_rows * stride_qkv_token + offs_d[None, :], mask=in_seq[:, None], other=0.0
+    )
+    dout_base = dout_ptr + batch64 * stride_dout_batch + start * stride_dout_token + head * HEAD_DIM
+    do = tl.load(
+        dout_base + q_rows * stride_dout_token + offs_d[None, :], mask=in_seq[:, None], other=0.0
+    )
+    row_base = head * stride_lse_head + batch64 * seq_len + start + offs_m
+    lse = tl.load(lse_ptr + row_base, mask=in_seq, other=float("inf"))
+    delta = tl.load(delta_ptr + row_base, mask=in_seq, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for block_n in range(0, tl.cdiv(length, BLOCK_N)):
+        offs_kv = block_n * BLOCK_N + offs_n
+        valid = offs_kv < length
+        if HAS_MASK:
+            keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_kv, mask=valid, other=0)
+            valid = valid & (keep != 0)
+        kv_rows = offs_kv.to(tl.int64)[:, None] * stride_qkv_token + offs_d[None, :]
+        k = tl.load(qkv_base + hidden + kv_rows, mask=valid[:, None], other=0.0)
+        v = tl.load(qkv_base + 2 * hidden + kv_rows, mask=valid[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.exp2(scores - lse[:, None])
+        p = tl.where(valid[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    dq *= sm_scale
+    dqkv_base = dqkv_ptr + batch64 * stride_dqkv_batch + start * stride_dqkv_token + head * HEAD_DIM
+    tl.store(
+        dqkv_base + q_rows * stride_dqkv_token + offs_d[None, :],
+        dq.to(dqkv_ptr.dtype.element_ty),
+        mask=in_seq[:, None],
+    )
+
+
+def _backward_block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward kernels (not tuned yet)."""
+    if device.type != "cuda":
+        return 16, 16, 1, 1  # several blocks per sequence even at the interpreter's tiny shapes
+    if head_dim == 128:
+        return 64, 32, 8, 2
+    return 64, 64, 4, 2
+
+
+def launch_backward(
+    grad: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+) -> torch.Tensor:
+    """dqkv, laid out as qkv, for the output's gradient ``grad``: the probabilities recomputed
+    from the forward's log-sum-exp, dk and dv in one kernel (a program per key block), dq in
+    another (a program per query block), no atomics. Padded keys get zero gradient and pass
+    none on; padded query rows are differentiated like real ones (as the forward computes
+    them); rows outside every sequence get zeros."""
+    hidden = qkv.shape[-1] // 3
+    head_dim = hidden // num_heads
+    packed = cu_seqlens is not None
+    qkv = qkv.contiguous()
+    grad = grad.contiguous()
+    dqkv = torch.zeros(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    if packed:
+        batch = cu_seqlens.numel() - 1
+        longest = int(max_seqlen)
+        seq_len = 0
+        strides = (0, qkv.stride(0), 0, dqkv.stride(0), 0, grad.stride(0))
+    else:
+        batch, seq_len = qkv.shape[:2]
+        longest = seq_len
+        strides = (qkv.stride(0), qkv.stride(1), dqkv.stride(0), dqkv.stride(1))
+        strides += (grad.stride(0), grad.stride(1))
+    if dqkv.numel() == 0 or longest == 0 or batch == 0:
+        return dqkv
+    # delta = rowsum(dout * out) per head, laid out as lse.
+    delta = (grad.float() * out.float()).view(-1, num_heads, head_dim).sum(-1).t().contiguous()
+    mask = None
+    if key_padding_mask is not None:
+        mask = key_padding_mask.contiguous().view(torch.uint8)
+    block_m, block_n, num_warps, num_stages = _backward_block_sizes(qkv.device, head_dim)
+    args = (
+        dqkv,
+        qkv,
+        grad,
+        lse,
+        delta,
+        mask if mask is not None else qkv,
+        cu_seqlens if packed else qkv,
+        *strides,
+        mask.stride(0) if mask is not None else 0,
+        lse.stride(0),
+        seq_len,
+        num_heads,
+        hidden,
+        LOG2_E / math.sqrt(head_dim),
+        1.0 / math.sqrt(head_dim),
+    )
+    meta = dict(
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
@@ -187,4 +474,8 @@ def launch(
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    return out
+    _attention_backward_dkdv_kernel[(batch * num_heads, triton.cdiv(longest, block_n))](
+        *args, **meta
+    )
+    _attention_backward_dq_kernel[(batch * num_heads, triton.cdiv(longest, block_m))](*args, **meta)
+    return dqkv

@@ -35,12 +35,14 @@ def check_against_reference(
     what: str,
     atol32: float = 1e-5,
     rtol32: float = 1e-5,
+    factor: float = 2.0,
 ) -> dict[str, float]:
     """Every gradient of ``kernel`` on ``inputs32`` cast to ``dtype`` against autograd on
-    ``reference`` in fp32; returns the max abs error per gradient name."""
+    ``reference`` in fp32 (low precision: at most ``factor`` times the error of the reference
+    run in ``dtype``); returns the max abs error per gradient name."""
     indices = list(wrt)
     out32 = reference(*inputs32)
-    grad32 = torch.randn(out32.shape)
+    grad32 = torch.randn(out32.shape, device=out32.device)
     _, expected = grads_of(reference, inputs32, grad32, indices)
     cast = [t.to(dtype) if _is_float(t) else t for t in inputs32]
     out, ours = grads_of(kernel, cast, grad32.to(dtype), indices)
@@ -59,8 +61,8 @@ def check_against_reference(
         ref_err = (low[k].double() - expected[k].double()).abs().max().item()
         scale = expected[k].abs().max().item()
         # The tiny atol: fp32 summation-order noise on gradients that are exact sums.
-        assert errors[wrt[i]] <= 2 * ref_err + 1e-6 * (1 + scale), (
-            f"{name}: {errors[wrt[i]]:.3e} > 2 x {ref_err:.3e}"
+        assert errors[wrt[i]] <= factor * ref_err + 1e-6 * (1 + scale), (
+            f"{name}: {errors[wrt[i]]:.3e} > {factor} x {ref_err:.3e}"
         )
     return errors
 
@@ -76,7 +78,7 @@ def check_finite_differences(
     """The kernel's directional derivative of <grad_out, kernel(inputs)> along a random
     direction, by its backward and by central differences of its (fp32) forward."""
     out = kernel(*inputs)
-    grad_out = torch.randn(out.shape)
+    grad_out = torch.randn(out.shape, device=out.device)
     _, grads = grads_of(kernel, inputs, grad_out, wrt)
     directions = {i: torch.randn_like(inputs[i]) for i in wrt}
     analytic = sum((g.double() * directions[i].double()).sum() for g, i in zip(grads, wrt))
