@@ -211,7 +211,8 @@ def markdown(report: dict) -> str:
         "(half 4-16 words, a third 17-64, the rest 65-200), the same texts at every level. "
         f"Load generator and server share the machine's {m['cpus']} cores (load average "
         f"{m['load_average_at_start'][0]} at the start, {m['load_average_at_end'][0]} at the "
-        f"end; other work was running). {report['date']}.",
+        f"end; other work was running); torch threads {m['torch_threads']} on both sides. "
+        f"{report['date']}.",
         "",
         "In-process: bertfast's `SentenceEncoder.encode` of the same texts in the load "
         "generator's process, measured right before each level (best batch size of "
@@ -259,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="8,32", help="in-process encode batch sizes")
     p.add_argument("--out", default=None, help="folder for serve_load.json and serve_load.md")
     p.add_argument("--server-arg", action="append", default=[], help="passed to bertfast serve")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of both the server and the in-process encode (default: "
+        "torch's); 1 keeps a shared machine's other work from stalling every op",
+    )
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
@@ -271,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     proc = None
     url = args.url.rstrip("/") if args.url else None
+    server_args = list(args.server_arg)
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+        server_args += ["--num-threads", str(args.num_threads)]
     if url is None:
-        proc, url = start_server(args.model, args.server_arg)
+        proc, url = start_server(args.model, server_args)
     try:
         inproc = InProcess(args.model, texts)
         asyncio.run(run_level(url, texts[:20], 4, args.duration))  # warm-up
@@ -304,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
         },
         "texts": len(texts),
         "levels": results,
