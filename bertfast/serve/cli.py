@@ -49,22 +49,57 @@ def register(subparsers) -> None:
     p.add_argument("--model-id", default=None, help="name reported by /info (default: dir name)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default: {d.host})")
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port (printed)")
-    p.add_argument("--max-concurrent-requests", type=int, default=d.max_concurrent_requests)
-    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens)
-    p.add_argument("--max-batch-requests", type=int, default=None, help="default: no limit")
-    p.add_argument("--max-client-batch-size", type=int, default=d.max_client_batch_size)
-    p.add_argument("--payload-limit", type=int, default=d.payload_limit, help="bytes")
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=d.max_concurrent_requests,
+        help="inference requests in flight at once; more are answered 429",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help="tokens one forward computes at most (padding counted on the padded path)",
+    )
+    p.add_argument(
+        "--max-batch-requests", type=int, default=None, help="inputs a forward (default: no limit)"
+    )
+    p.add_argument(
+        "--max-client-batch-size",
+        type=int,
+        default=d.max_client_batch_size,
+        help="inputs one request may carry; more are answered 422",
+    )
+    p.add_argument(
+        "--payload-limit",
+        type=int,
+        default=d.payload_limit,
+        help="request body bytes; larger bodies are answered 413",
+    )
     p.add_argument(
         "--auto-truncate",
         action="store_true",
         help="truncate over-long inputs when a request does not say (default: refuse them)",
     )
-    p.add_argument("--tokenization-workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default=d.cuda_graphs)
+    p.add_argument(
+        "--tokenization-workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="threads that tokenize requests, off the event loop",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "on", "off"),
+        default=d.cuda_graphs,
+        help="replay CUDA graphs on CUDA (auto: when the model can); off: run eagerly",
+    )
     p.add_argument(
         "--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
     p.add_argument(
-        "--log-level", default=d.log_level, choices=("critical", "error", "warning", "info")
+        "--log-level",
+        default=d.log_level,
+        choices=("critical", "error", "warning", "info"),
+        help="uvicorn's log level",
     )
     p.set_defaults(func=cmd_serve)
