@@ -497,3 +497,18 @@ def test_command_errors_name_the_problem(tiny_dir, tmp_path, capsys):
     assert "--batch-tokens must be a positive int, got 0" in err
     err = error("embed", "--input", str(plain), "--output", "o", "--max-length", "9999", *model)
     assert "--max-length 9999 exceeds the model's 512 positions" in err
+
+
+def test_parquet_needs_pyarrow_or_writes_it(tiny_dir, tiny_encoder, tmp_path):
+    path = write_text(tmp_path / "in.txt", ["one", "two words"])
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        with pytest.raises(ImportError, match="--parquet needs pyarrow: pip install pyarrow"):
+            embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, parquet=True)
+        return
+    manifest = embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, parquet=True)
+    table = pq.read_table(tmp_path / "o" / manifest["shards"][0]["files"]["parquet"])
+    vectors, ids = load_embeddings(tmp_path / "o")
+    assert table.column("id").to_pylist() == ids
+    np.testing.assert_array_equal(np.array(table.column("embedding").to_pylist()), vectors)
