@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,8 +144,17 @@ def random_text(rng: random.Random, n_words: int) -> str:
 def model_dirs(tmp_path_factory, minilm_dir):
     root = tmp_path_factory.mktemp("serve")
     vocab = write_vocab(root / "vocab.txt")
+    # MiniLM with two prompts, as a directory with prompts has (the weights linked, not copied).
+    prompted = root / "minilm"
+    shutil.copytree(minilm_dir, prompted, ignore=shutil.ignore_patterns("*.safetensors"))
+    for weights in Path(minilm_dir).glob("*.safetensors"):
+        (prompted / weights.name).symlink_to(weights)
+    (prompted / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}})
+    )
     return {
         "minilm": Path(minilm_dir),
+        "minilm_prompts": prompted,
         "classifier": tiny_checkpoint(
             root / "classifier", vocab, "BertForSequenceClassification", 3
         ),
@@ -159,7 +169,9 @@ def model_dirs(tmp_path_factory, minilm_dir):
 def servers(model_dirs):
     """The three module servers, started together (they load in parallel)."""
     started = {
-        "embed": Server(["--model", str(model_dirs["minilm"]), "--tokenization-workers", "2"]),
+        "embed": Server(
+            ["--model", str(model_dirs["minilm_prompts"]), "--tokenization-workers", "2"]
+        ),
         "classifier": Server(
             ["--model", str(model_dirs["classifier"]), "--max-concurrent-requests", "2"]
         ),
@@ -262,6 +274,15 @@ def test_embed_matches_sentence_transformers(servers, client, st_model, model_di
     pooled_only = st.SentenceTransformer(modules=[st_model[0], st_model[1]], device="cpu")
     r = post(client, url, "/embed", {"inputs": EMBED_TEXTS[:3], "normalize": False})
     assert_close(r.json(), pooled_only.encode(EMBED_TEXTS[:3]), what="normalize=false")
+
+
+def test_embed_prompt_name(servers, client, st_model):
+    texts = ["A man is eating food.", "hi"]
+    r = post(client, servers["embed"], "/embed", {"inputs": texts, "prompt_name": "query"})
+    assert r.status_code == 200, r.text
+    assert_close(r.json(), st_model.encode(texts, prompt="query: "), what="prompt_name")
+    r = post(client, servers["embed"], "/embed", {"inputs": texts, "prompt_name": "nope"})
+    assert r.status_code == 422 and "['passage', 'query']" in r.json()["error"]
 
 
 def test_embed_truncation_directions(servers, client, st_model):

@@ -233,13 +233,30 @@ class Router:
                 raise r
         return results
 
+    def _prompt(self, body: dict) -> tuple[str, int | None]:
+        """The prompt to prepend (TEI's ``prompt_name``; else the directory's default)."""
+        name = body.get("prompt_name")
+        if name is not None and not isinstance(name, str):
+            raise errors.validation(f"`prompt_name` must be a string, got {_type_name(name)}")
+        try:
+            prompt = self.backend.prompt(name)
+        except KeyError:
+            known = sorted(self.backend.prompts)
+            raise errors.validation(
+                f"`prompt_name` {name!r} is not one of this model's prompts {known}"
+            ) from None
+        return (prompt, self.backend.prompt_length(prompt)) if prompt else ("", None)
+
     async def _embed(
         self, texts: list[str], body: dict, timing: Timing, task: str, normalize: bool
     ) -> list[Any]:
         truncate = _bool(body, "truncate", self.settings.auto_truncate)
+        prompt, prompt_length = self._prompt(body)
+        if prompt:
+            texts = [prompt + t for t in texts]
         seqs = await self._encode(texts, truncate, _direction(body), timing)
         for s in seqs:
-            s.task, s.normalize = task, normalize
+            s.task, s.normalize, s.prompt_length = task, normalize, prompt_length
         return await self._infer(seqs, timing)
 
     # -- routes: each takes the parsed body and returns the JSON answer
@@ -370,9 +387,11 @@ class Router:
             scores = self._scores(logits, raw)[:, 0]
         else:
             # An embedding model ranks by the cosine similarity of the unit vectors.
-            seqs = await self._encode([query, *texts], truncate, direction, timing)
+            prompt, prompt_length = self._prompt(body)
+            inputs = [prompt + t for t in (query, *texts)]
+            seqs = await self._encode(inputs, truncate, direction, timing)
             for s in seqs:
-                s.task, s.normalize = EMBED, True
+                s.task, s.normalize, s.prompt_length = EMBED, True, prompt_length
             vectors = np.asarray(await self._infer(seqs, timing), dtype=np.float64)
             scores = vectors[1:] @ vectors[0]
         ranks = []

@@ -30,6 +30,7 @@ class Sequence:
     ids: list[int]
     type_ids: list[int]
     normalize: bool = True
+    prompt_length: int | None = None  # tokens of a prepended prompt, [CLS] included
 
 
 def _architectures(model_dir: Path) -> list[str]:
@@ -129,8 +130,32 @@ class EmbeddingBackend(ModelBackend):
         self.pooling = sentence_encoder.pooling
         dimension = getattr(sentence_encoder, "get_sentence_embedding_dimension", None)
         self.hidden_size = dimension() if dimension else sentence_encoder.model.config.hidden_size
+        self.prompts: dict[str, str] = dict(getattr(sentence_encoder, "prompts", None) or {})
+        self.default_prompt_name = getattr(sentence_encoder, "default_prompt_name", None)
 
-    def _vectors(self, hidden: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+    def prompt(self, name: str | None) -> str | None:
+        """The prompt text for ``name`` (None: the directory's default prompt, if any)."""
+        name = self.default_prompt_name if name is None else name
+        if name is None:
+            return None
+        if name not in self.prompts:
+            raise KeyError(name)
+        return self.prompts[name]
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of the prompt with [CLS], without its [SEP]: what Pooling may leave out."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_input_length)
+        ids = ids["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
+        return len(ids) - (1 if ids and ids[-1] in special else 0)
+
+    def _vectors(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        normalize: bool,
+        prompt_length: int | None = None,
+    ) -> torch.Tensor:
         """The directory's modules after the encoder (Pooling, Dense ...), then unit length
         if asked: TEI's ``normalize`` decides, whether or not the directory ends in Normalize."""
         modules = getattr(self.sentence_encoder, "modules", None)
@@ -139,7 +164,7 @@ class EmbeddingBackend(ModelBackend):
 
             vectors = pool(hidden, mask, self.pooling)
         else:
-            vectors = modules[0](hidden, mask)
+            vectors = modules[0](hidden, mask, prompt_length)
             for module in modules[1:]:
                 if type(module).__name__ != "Normalize":
                     vectors = module(vectors)
@@ -152,12 +177,14 @@ class EmbeddingBackend(ModelBackend):
         hidden = self._encode(inputs).last_hidden_state
         mask = inputs["attention_mask"]
         out: list[Any] = [None] * len(seqs)
-        for normalize in (True, False):
-            rows = [i for i, s in enumerate(seqs) if s.task == EMBED and s.normalize == normalize]
-            if rows:
-                vectors = self._vectors(hidden[rows], mask[rows], normalize).cpu()
-                for row, i in enumerate(rows):
-                    out[i] = vectors[row].tolist()
+        groups: dict[tuple[bool, int | None], list[int]] = {}
+        for i, s in enumerate(seqs):
+            if s.task == EMBED:
+                groups.setdefault((s.normalize, s.prompt_length), []).append(i)
+        for (normalize, prompt_length), rows in groups.items():
+            vectors = self._vectors(hidden[rows], mask[rows], normalize, prompt_length).cpu()
+            for row, i in enumerate(rows):
+                out[i] = vectors[row].tolist()
         for i, s in enumerate(seqs):
             if s.task == EMBED_ALL:
                 out[i] = hidden[i, : lengths[i]].float().cpu().tolist()
