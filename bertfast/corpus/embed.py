@@ -448,14 +448,11 @@ class CorpusEmbedder:
 
     @torch.inference_mode()
     def _forward(self, batch: _Batch) -> torch.Tensor:
-        device = self.encoder.device
-        input_ids = batch.input_ids.to(device, non_blocking=True)
-        mask = batch.attention_mask.to(device, non_blocking=True)
+        # The ids go in on the host: the model checks them there, so the device never waits.
         hidden = self.encoder.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            token_type_ids=torch.zeros_like(input_ids),
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).last_hidden_state
+        mask = batch.attention_mask.to(hidden.device, non_blocking=True)
         vectors = self.modules[0](hidden, mask, self.prompt_length)
         for module in self.modules[1:]:
             vectors = module(vectors)
@@ -493,12 +490,14 @@ class CorpusEmbedder:
         dim = self.dimension()
         np_dtype = np.dtype(opts.output_dtype)
         shard_out: np.ndarray | None = None
+        filled: np.ndarray | None = None  # rows of the shard written so far
         pending: tuple[torch.Tensor, _Batch] | None = None  # on CUDA: copied after the next launch
         written = resumed = 0
 
         def land(vectors: torch.Tensor, batch: _Batch) -> None:
-            assert shard_out is not None
+            assert shard_out is not None and filled is not None
             shard_out[batch.positions] = vectors.cpu().numpy()
+            filled[batch.positions] = True
             progress.advance(len(batch.positions), batch.tokens)
 
         try:
@@ -512,12 +511,19 @@ class CorpusEmbedder:
                         land(*pending)
                     pending = (vectors, item)
                 elif isinstance(item, _ShardStart):
-                    shard_out = np.full((item.count, dim), np.nan, dtype=np_dtype)
+                    shard_out = np.empty((item.count, dim), dtype=np_dtype)
+                    filled = np.zeros(item.count, dtype=bool)
                 elif isinstance(item, _ShardEnd):
                     if pending is not None:
                         land(*pending)
                         pending = None
-                    assert shard_out is not None and not np.isnan(shard_out).any()
+                    assert shard_out is not None and filled is not None and filled.all()
+                    non_finite = int((~np.isfinite(shard_out).all(axis=1)).sum())
+                    if non_finite:
+                        progress.log(
+                            f"warning: {shard_stem(item.shard)} has {non_finite} vector(s) with "
+                            "NaN or infinity (try --dtype fp32)"
+                        )
                     write_shard(self.out_dir, item.shard, shard_out, item.ids, opts.parquet)
                     written += 1
                     if not tty:
