@@ -9,6 +9,7 @@
 #   TORCH_WHEEL       a wheel file, URL or requirement to install as torch
 #                     (e.g. TORCH_WHEEL=/wheels/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl)
 #   TORCH_INDEX_URL   the index torch comes from. Default without nvidia-smi (a CPU machine):
+#                     the newest +cpu build the configured pip indexes already offer, else
 #                     https://download.pytorch.org/whl/cpu, the CPU build (a tenth of the CUDA
 #                     download); with nvidia-smi: unset, i.e. PyPI's torch, a CUDA build. Pick
 #                     a CUDA version with e.g. https://download.pytorch.org/whl/cu128; set it
@@ -49,11 +50,20 @@ elif [ -n "${TORCH_WHEEL:-}" ]; then
     step "installing torch from TORCH_WHEEL=$TORCH_WHEEL"
     pip install "$TORCH_WHEEL"
 else
+    cpu_torch=""
     if [ -z "${TORCH_INDEX_URL+set}" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+        # A CPU machine: the newest CPU build (+cpu) that the configured indexes already
+        # offer (pip.conf's index-url / extra-index-url / find-links), else PyTorch's index.
+        cpu_torch="$(.venv/bin/python -m pip index versions torch 2>/dev/null \
+            | sed -n 's/^Available versions: //p' | tr ',' '\n' | tr -d ' ' \
+            | grep '+cpu$' | head -1 || true)"
         TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
     fi
+    if [ -n "$cpu_torch" ]; then
+        step "installing torch==$cpu_torch (the newest CPU build the configured indexes offer)"
+        pip install "torch==$cpu_torch"
     # One quick look first: pip would retry an unreachable index once per package.
-    if [ -n "${TORCH_INDEX_URL:-}" ] && ! .venv/bin/python - "$TORCH_INDEX_URL" <<'PY'; then
+    elif [ -n "${TORCH_INDEX_URL:-}" ] && ! .venv/bin/python - "$TORCH_INDEX_URL" <<'PY'; then
 import sys, urllib.request
 try:
     urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)

@@ -125,8 +125,7 @@ def _options(parser, path=()):
             yield path, action
 
 
-# `serve` has its own help strings, not yet complete; every other command is held to this.
-HELP_CHECKED = ("info", "embed", "fill-mask", "nsp", "classify", "ner", "qa", "bench")
+HELP_CHECKED = ("info", "embed", "fill-mask", "nsp", "classify", "ner", "qa", "bench", "serve")
 
 
 def test_every_option_says_what_it_does_and_its_default():

@@ -22,6 +22,10 @@ case "$1" in
     -c) case "$2" in *"import torch"*) exit 1 ;; *) exit 0 ;; esac ;;
     -) cat > /dev/null; exit "${STUB_PROBE:-0}" ;;
     -m)
+        if [[ "$*" == *"index versions torch"* ]]; then
+            [ -n "${STUB_VERSIONS:-}" ] && echo "Available versions: $STUB_VERSIONS"
+            exit 0
+        fi
         if [ -n "${STUB_FAIL:-}" ] && [[ "$*" == *"$STUB_FAIL"* ]]; then
             echo "ERROR: No matching distribution found for $STUB_FAIL" >&2
             exit 1
@@ -123,3 +127,13 @@ def test_gpu_mode_installs_the_build_extra_and_needs_nvcc(checkout):
     assert "install -e .[models,bench,test,build]" in log
     assert done.returncode == 1
     assert "nvcc is not on the PATH" in done.stderr
+
+
+@needs_no_gpu
+def test_cpu_machine_prefers_a_cpu_build_the_indexes_already_offer(checkout):
+    done, installs = run_setup(
+        checkout, "test", STUB_VERSIONS="2.15.0, 2.14.1, 2.13.0+cpu, 2.13.0, 2.12.0+cpu"
+    )
+    assert done.returncode == 0, done.stderr
+    assert [_args(line) for line in installs] == [["torch==2.13.0+cpu"]]
+    assert "setup: installing torch==2.13.0+cpu (the newest CPU build" in done.stdout
