@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertfast import ops
+from bertfast import cpu_linear, ops
 from bertfast.config import BertConfig
 
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
@@ -190,7 +190,10 @@ class BertLayer(nn.Module):
         """One layer; ``fused_epilogues`` runs the three GEMMs that have elementwise work after
         them with that work inside the GEMM (``ops.linear_epilogue``, inference only);
         ``attention_backend`` overrides ``backend`` for the attention (``auto``'s choice)."""
-        qkv = F.linear(hidden, self.qkv.weight, self.qkv.bias)
+        if backend == "torch":  # oneDNN with packed weights for CPU inference, else F.linear
+            qkv = cpu_linear.linear(hidden, self.qkv.weight, self.qkv.bias)
+        else:
+            qkv = F.linear(hidden, self.qkv.weight, self.qkv.bias)
         context = ops.attention(
             qkv,
             self.num_heads,
@@ -224,13 +227,16 @@ class BertLayer(nn.Module):
         """The torch backend in fp32: bias inside the GEMM (addmm) and one add before each
         LayerNorm, as transformers computes it; in fp32 this equals the op references with
         fewer passes over the activations (the CPU path's cost)."""
-        attn = self.dropout(self.attention_output(context))
+        linear = cpu_linear.linear  # oneDNN with packed weights for CPU inference, else F.linear
+        dense = self.attention_output
+        attn = self.dropout(linear(context, dense.weight, dense.bias))
         norm = self.attention_norm
         hidden = F.layer_norm(
             attn + hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps
         )
-        inter = F.gelu(self.intermediate(hidden), approximate=self.gelu_approximate)
-        out = self.dropout(self.output(inter))
+        dense = self.intermediate
+        inter = linear(hidden, dense.weight, dense.bias, gelu=self.gelu_approximate)
+        out = self.dropout(linear(inter, self.output.weight, self.output.bias))
         norm = self.output_norm
         return F.layer_norm(out + hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
