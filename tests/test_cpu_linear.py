@@ -67,6 +67,10 @@ def test_model_on_the_cpu_path_matches_transformers(tmp_path):
         out = model(ids, attention_mask=mask, token_type_ids=types)
     assert max_abs_error(out.last_hidden_state, ref.last_hidden_state, mask) <= 1e-5
     assert max_abs_error(out.pooler_output, ref.pooler_output) <= 1e-5
+    # The forward took the oneDNN path: every layer GEMM's weight has its packed copy.
+    layer = model.layers[0]
+    dense = (layer.qkv, layer.attention_output, layer.intermediate, layer.output)
+    assert all(id(d.weight) in cpu_linear._packed for d in dense)
 
 
 @needs_onednn
