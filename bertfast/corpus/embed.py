@@ -303,7 +303,7 @@ class CorpusEmbedder:
         self.options = options
         self.dist = Distributed.from_env()
         device = options.device
-        if self.dist.world > 1 and device is not None and device == "cuda":
+        if self.dist.world > 1 and device in (None, "cuda") and torch.cuda.is_available():
             device = f"cuda:{self.dist.local_rank}"  # one GPU a rank
         self.encoder = encoder or SentenceEncoder.from_pretrained(
             options.model, backend=options.backend, device=device, dtype=options.dtype
