@@ -4,16 +4,17 @@ A BERT-base forward is about a hundred kernel launches; at small batches the hos
 time launching them than the GPU spends running them. ``PackedGraphs`` captures the packed
 (padding-free) encoder once per *bucket* and replays it with a single launch.
 
-A bucket is a (token count, sequence count) pair from a ladder (``GraphBuckets``). A batch of
-``n`` sequences holding ``t`` real tokens runs in the smallest bucket with at least ``t``
-tokens and ``n`` sequences: its ids, positions, types and ``cu_seqlens`` are copied into the
-bucket's static buffers; sequence slots past ``n`` have length 0 and token slots past ``t``
-belong to no sequence. The attention grid is sized for the bucket's bounds and its programs
-exit at once past their sequence's end, so one graph serves every batch that fits.
+A bucket is a (token count, sequence count, length) triple from a ladder (``GraphBuckets``).
+A batch of ``n`` sequences holding ``t`` real tokens, the longest ``l``, runs in the smallest
+bucket with at least ``t`` tokens, ``n`` sequences and length ``l``: its ids, positions, types
+and ``cu_seqlens`` are copied into the bucket's static buffers; sequence slots past ``n`` have
+length 0 and token slots past ``t`` belong to no sequence. The attention grid is sized for the
+bucket's sequences and length, its programs exit at once past their sequence's end, so one
+graph serves every batch that fits; the length also picks ``auto``'s attention kernel.
 
-Inputs outside the ladder (more tokens or sequences than its top rung, a sequence longer than
-``max_position_embeddings``) run eagerly; so do ``output_hidden_states``, left-padded batches
-with a pooler, training and anything with grad enabled.
+Inputs outside the ladder (more tokens, sequences or length than its top rungs, a sequence
+longer than ``max_position_embeddings``) run eagerly; so do ``output_hidden_states``,
+left-padded batches with a pooler, training and anything with grad enabled.
 
 All graphs share one memory pool (``torch.cuda.graph_pool_handle``); at most ``max_graphs``
 are kept, the least recently used goes first. Concurrent callers are safe: one lock per
@@ -38,29 +39,43 @@ Capture = Callable[[Callable[[], None]], Callable[[], None]]
 
 DEFAULT_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 DEFAULT_SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 384, 512)
 
 
 @dataclass(frozen=True)
 class GraphBuckets:
-    """The ladder: token counts and sequence counts a graph is captured for, each ascending."""
+    """The ladder a graph is captured for, each ascending: total tokens, sequences, and the
+    longest sequence (the attention grid's bound, and what ``auto`` picks the attention by)."""
 
     tokens: tuple[int, ...] = DEFAULT_TOKEN_BUCKETS
     sequences: tuple[int, ...] = DEFAULT_SEQUENCE_BUCKETS
+    lengths: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
 
     def __post_init__(self):
-        for name, ladder in (("tokens", self.tokens), ("sequences", self.sequences)):
+        ladders = (("tokens", self.tokens), ("sequences", self.sequences))
+        for name, ladder in (*ladders, ("lengths", self.lengths)):
             if not ladder or any(not isinstance(v, int) or v < 1 for v in ladder):
                 raise ValueError(f"GraphBuckets.{name} must be positive ints, got {ladder!r}")
             if list(ladder) != sorted(set(ladder)):
                 raise ValueError(f"GraphBuckets.{name} must be strictly ascending, got {ladder!r}")
 
-    def select(self, total_tokens: int, num_sequences: int) -> tuple[int, int] | None:
-        """The smallest (tokens, sequences) bucket that holds the batch, or None."""
+    def select(
+        self, total_tokens: int, num_sequences: int, longest: int | None = None
+    ) -> tuple[int, int, int] | None:
+        """The smallest (tokens, sequences, length) bucket that holds the batch, or None.
+
+        ``longest`` defaults to the most a sequence can hold in the token bucket.
+        """
         i = bisect.bisect_left(self.tokens, total_tokens)
         j = bisect.bisect_left(self.sequences, num_sequences)
         if i == len(self.tokens) or j == len(self.sequences):
             return None
-        return self.tokens[i], self.sequences[j]
+        tokens = self.tokens[i]
+        longest = min(tokens, self.lengths[-1]) if longest is None else longest
+        k = bisect.bisect_left(self.lengths, longest)
+        if k == len(self.lengths):
+            return None
+        return tokens, self.sequences[j], min(tokens, self.lengths[k])
 
 
 def cuda_graph_capture(fn: Callable[[], None], pool=None, warmup: int = 2) -> Callable[[], None]:
@@ -118,25 +133,38 @@ class PackedGraphs:
         self.eager_fallbacks = 0  # forwards that did not fit the ladder
 
     @property
-    def captured(self) -> list[tuple[int, int]]:
-        """The buckets held now, least recently used first."""
+    def captured(self) -> list[tuple[int, int, int]]:
+        """The buckets held now, (tokens, sequences, length), least recently used first."""
         return list(self._graphs)
 
-    def warmup(self, shapes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Capture ahead of traffic: each (total_tokens, num_sequences) picks its bucket."""
+    def warmup(self, shapes: Iterable[tuple[int, ...]]) -> list[tuple[int, int, int]]:
+        """Capture ahead of traffic: each (total_tokens, num_sequences[, longest]) picks its
+        bucket (without ``longest``: the longest the token bucket allows)."""
         captured = []
         with self._lock:
-            for tokens, sequences in shapes:
-                key = self.buckets.select(tokens, sequences)
+            for shape in shapes:
+                key = self._select(*shape)
                 if key is None:
                     raise ValueError(
-                        f"{tokens} tokens in {sequences} sequences is beyond the bucket ladder "
+                        f"{shape} (tokens, sequences[, longest]) is beyond the bucket ladder "
                         f"(tokens up to {self.buckets.tokens[-1]}, sequences up to "
-                        f"{self.buckets.sequences[-1]})"
+                        f"{self.buckets.sequences[-1]}, lengths up to {self._length_cap()})"
                     )
                 self._graph_for(key)
                 captured.append(key)
         return captured
+
+    def _length_cap(self) -> int:
+        return min(self.buckets.lengths[-1], self.model.config.max_position_embeddings)
+
+    def _select(
+        self, tokens: int, sequences: int, longest: int | None = None
+    ) -> tuple[int, int, int] | None:
+        """The ladder's bucket, its length bound no more than the model's positions."""
+        key = self.buckets.select(tokens, sequences, longest)
+        if key is None:
+            return None
+        return key[0], key[1], min(key[2], self.model.config.max_position_embeddings)
 
     def _capture_fn(self, fn: Callable[[], None]) -> Callable[[], None]:
         if self._capture is not None:
@@ -145,18 +173,14 @@ class PackedGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         return cuda_graph_capture(fn, self._pool)
 
-    def _max_length(self, tokens: int) -> int:
-        """The attention grid's bound on a sequence's length in a bucket of ``tokens``."""
-        return min(tokens, self.model.config.max_position_embeddings)
-
-    def _run_static(self, cap: _Captured, tokens: int) -> None:
+    def _run_static(self, cap: _Captured, length: int) -> None:
         model = self.model
         hidden = model.encode_packed(
             cap.input_ids,
             cap.token_type_ids,
             cap.position_ids,
             cap.cu_seqlens,
-            self._max_length(tokens),
+            length,
             # Layouts are checked on a model's first forward (here: its first capture).
             validate=model._first_forward_on(model.backend),
         )
@@ -164,14 +188,14 @@ class PackedGraphs:
         if model.pooler is not None:
             cap.outputs["pooled"] = model.pool(hidden.index_select(0, cap.first_tokens)[:, None])
 
-    def _graph_for(self, key: tuple[int, int]) -> _Captured:
+    def _graph_for(self, key: tuple[int, int, int]) -> _Captured:
         cap = self._graphs.get(key)
         if cap is not None:
             self._graphs.move_to_end(key)
             return cap
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)  # the least recently used bucket goes
-        tokens, sequences = key
+        tokens, sequences, length = key
         device = self.model.device
         zeros = lambda n, dtype=torch.long: torch.zeros(n, dtype=dtype, device=device)
         # Normal tensors even under inference_mode: later calls without it copy into them.
@@ -185,7 +209,7 @@ class PackedGraphs:
                 outputs={},
             )
         with torch.no_grad():
-            cap.replay = self._capture_fn(lambda: self._run_static(cap, tokens))
+            cap.replay = self._capture_fn(lambda: self._run_static(cap, length))
         model = self.model
         model._validated.add((model.device, model.dtype, model.backend))
         self._graphs[key] = cap
@@ -198,14 +222,15 @@ class PackedGraphs:
         batch, seq = ids.shape
         lengths = prepared.lengths if prepared.has_padding else [seq] * batch
         total = sum(lengths)
-        key = self.buckets.select(total, batch)
-        if key is None or max(lengths) > self._max_length(key[0]):
+        longest = max(lengths)
+        key = self._select(total, batch, longest)
+        if key is None or longest > key[2]:
             self.eager_fallbacks += 1
             return None
         offsets = [0]
         for length in lengths:
             offsets.append(offsets[-1] + length)
-        tokens, sequences = key
+        tokens, sequences, _ = key
         # Empty slots: length 0 at the end; their pooler row reads token 0 and is dropped.
         cu_host = offsets + [total] * (sequences - batch)
         first_host = [min(o, tokens - 1) for o in cu_host[:-1]]

@@ -161,9 +161,9 @@ def test_packed_graphs_equal_eager_and_transformers(setup):
         assert max_abs_error(out.pooler_output, ref.pooler_output) <= 1e-5
         # Padded positions come back as zeros, as on the eager padding-free path.
         assert out.last_hidden_state[~real].abs().max().item() == 0
-    # At most 28 tokens in 3, 4, 3 and 1 sequences: buckets (64, 4) and (64, 1).
+    # At most 28 tokens in 3, 4, 3 and 1 sequences of at most 9: (64, 4, 32) and (64, 1, 32).
     assert model.graphs.replays == 4 and capture.captures == 2
-    assert model.graphs.captured == [(64, 4), (64, 1)]
+    assert model.graphs.captured == [(64, 4, 32), (64, 1, 32)]
     assert eager.graphs is None
 
 
@@ -183,12 +183,13 @@ def test_unpadded_batches_and_fresh_outputs(setup):
 
 
 def test_bucket_ladder():
-    buckets = GraphBuckets(tokens=(16, 64, 256), sequences=(1, 4, 16))
-    assert buckets.select(1, 1) == (16, 1)
-    assert buckets.select(16, 2) == (16, 4)
-    assert buckets.select(17, 4) == (64, 4)
-    assert buckets.select(256, 16) == (256, 16)
+    buckets = GraphBuckets(tokens=(16, 64, 256), sequences=(1, 4, 16), lengths=(8, 32, 128))
+    assert buckets.select(1, 1, 1) == (16, 1, 8)
+    assert buckets.select(16, 2, 9) == (16, 4, 16)  # no longer than the token bucket
+    assert buckets.select(17, 4, 9) == (64, 4, 32)
+    assert buckets.select(256, 16) == (256, 16, 128)  # the longest the tokens allow
     assert buckets.select(257, 1) is None and buckets.select(8, 17) is None
+    assert buckets.select(200, 1, 129) is None
     with pytest.raises(ValueError, match="strictly ascending"):
         GraphBuckets(tokens=(64, 16))
     with pytest.raises(ValueError, match="positive ints"):
@@ -198,14 +199,15 @@ def test_bucket_ladder():
 @torch.no_grad()
 def test_lru_eviction_and_warmup(setup):
     path, _ = setup
-    model, capture = graph_model(path, buckets=GraphBuckets((8, 16, 32), (1, 2, 4)), max_graphs=2)
-    assert model.graphs.warmup([(8, 1), (20, 3)]) == [(8, 1), (32, 4)]
+    buckets = GraphBuckets((8, 16, 32), (1, 2, 4), (8,))
+    model, capture = graph_model(path, buckets=buckets, max_graphs=2)
+    assert model.graphs.warmup([(8, 1), (20, 3, 7)]) == [(8, 1, 8), (32, 4, 8)]
     assert capture.captures == 2
-    model(torch.randint(1, 99, (1, 8)))  # (8, 1) is used: (32, 4) is now the oldest
-    model(torch.randint(1, 99, (2, 7)))  # (16, 2) captured, (32, 4) evicted
-    assert model.graphs.captured == [(8, 1), (16, 2)] and capture.captures == 3
-    model(torch.randint(1, 99, (3, 6)))  # (32, 4) again: captured anew, (8, 1) goes
-    assert model.graphs.captured == [(16, 2), (32, 4)] and capture.captures == 4
+    model(torch.randint(1, 99, (1, 8)))  # (8, 1, 8) is used: (32, 4, 8) is now the oldest
+    model(torch.randint(1, 99, (2, 7)))  # (16, 2, 8) captured, (32, 4, 8) evicted
+    assert model.graphs.captured == [(8, 1, 8), (16, 2, 8)] and capture.captures == 3
+    model(torch.randint(1, 99, (3, 6)))  # (32, 4, 8) again: captured anew, (8, 1, 8) goes
+    assert model.graphs.captured == [(16, 2, 8), (32, 4, 8)] and capture.captures == 4
     with pytest.raises(ValueError, match="beyond the bucket ladder"):
         model.graphs.warmup([(33, 1)])
 
@@ -213,7 +215,7 @@ def test_lru_eviction_and_warmup(setup):
 @torch.no_grad()
 def test_batches_beyond_the_ladder_run_eagerly(setup):
     path, hf = setup
-    model, capture = graph_model(path, buckets=GraphBuckets((8,), (2,)))
+    model, capture = graph_model(path, buckets=GraphBuckets((8,), (2,), (8,)))
     ids = torch.randint(1, 99, (3, 4))  # 3 sequences > 2
     out = model(ids)
     ref = hf_reference(hf, ids, None, None)
@@ -304,7 +306,7 @@ def test_cuda_graph_encoder_keeps_its_api(setup):
     ids = torch.randint(1, 99, (2, 5))
     out = encoder(ids)
     assert max_abs_error(out.last_hidden_state, hf_reference(hf, ids, None, None)[0]) <= 1e-5
-    assert encoder.captured_shapes == [(64, 2)]
+    assert encoder.captured_shapes == [(64, 2, 32)]
     with pytest.raises(ValueError, match="input_ids contains 99"):
         encoder(torch.tensor([[1, 99]]))
     model.train()

@@ -36,7 +36,8 @@ def test_graph_replay_equals_eager(backend, fused, dtype):
         assert err <= 3e-2
         assert max_abs_error(replayed.pooler_output, reference.pooler_output) <= 3e-2
     assert model.graphs.replays == 4
-    assert model.graphs.captured == [(1024, 8), (128, 1), (4096, 32)]
+    # b1: one row of 64 real tokens; b8 x 77: 577 tokens; b32 x 128: 4032 tokens.
+    assert model.graphs.captured == [(1024, 8, 128), (64, 1, 64), (4096, 32, 128)]
 
 
 def test_warmup_and_shared_pool():
@@ -44,8 +45,8 @@ def test_warmup_and_shared_pool():
         pytest.skip(ops.backend_report("cuda")["triton"])
     config = BertConfig.preset("bert-base", num_hidden_layers=2)
     model = BertModel(config, backend="triton", device="cuda", dtype=torch.bfloat16).eval()
-    model.enable_cuda_graphs(buckets=GraphBuckets((128, 512), (1, 4)), max_graphs=2)
-    assert model.graphs.warmup([(128, 1), (500, 4)]) == [(128, 1), (512, 4)]
+    model.enable_cuda_graphs(buckets=GraphBuckets((128, 512), (1, 4), (128,)), max_graphs=2)
+    assert model.graphs.warmup([(128, 1), (400, 4, 100)]) == [(128, 1, 128), (512, 4, 128)]
     ids = torch.randint(0, config.vocab_size, (4, 100), device="cuda")
     with torch.inference_mode():
         model(ids)
