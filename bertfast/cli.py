@@ -16,7 +16,12 @@ import bertfast
 from bertfast.weights import DEFAULT_MODEL
 
 # Modules that add subcommands through ``register(subparsers)``.
-COMMAND_MODULES = ("bertfast.pipelines.cli", "bertfast.bench.cli", "bertfast.serve.cli")
+COMMAND_MODULES = (
+    "bertfast.pipelines.cli",
+    "bertfast.bench.cli",
+    "bertfast.serve.cli",
+    "bertfast.train.cli",
+)
 USER_ERRORS = (
     ValueError,
     TypeError,

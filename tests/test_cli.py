@@ -125,7 +125,18 @@ def _options(parser, path=()):
             yield path, action
 
 
-HELP_CHECKED = ("info", "embed", "fill-mask", "nsp", "classify", "ner", "qa", "bench", "serve")
+HELP_CHECKED = (
+    "info",
+    "embed",
+    "fill-mask",
+    "nsp",
+    "classify",
+    "ner",
+    "qa",
+    "bench",
+    "serve",
+    "finetune",
+)
 
 
 def test_every_option_says_what_it_does_and_its_default():

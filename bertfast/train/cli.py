@@ -1,0 +1,224 @@
+"""``bertfast finetune``: registered by bertfast.cli; torch is already loaded by then."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+TASKS = ("classification", "ner", "qa")
+
+
+def _device_and_backend(args: argparse.Namespace) -> str:
+    from bertfast.cli import check_backend, check_device, default_device
+
+    device = check_device(default_device(args.device))
+    check_backend(args.backend, device)
+    return str(device)
+
+
+def _settings(args: argparse.Namespace):
+    from bertfast.train.loop import TrainSettings
+
+    return TrainSettings(
+        output=args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        accumulation=args.gradient_accumulation,
+        seed=args.seed,
+        max_grad_norm=args.max_grad_norm,
+        autocast=args.autocast,
+        save_steps=args.save_steps,
+        log_steps=args.log_steps,
+        stop_after_steps=args.stop_after_steps,
+        resume=args.resume,
+    )
+
+
+def _fingerprint(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from bertfast.config import BertConfig
+    from bertfast.model_dirs import resolve_model_dir
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train import tasks
+    from bertfast.train.loop import Task, init_distributed, train
+
+    device = _device_and_backend(args)
+    settings = _settings(args)
+    settings.check()
+    model_dir = resolve_model_dir(args.model)
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    config = BertConfig.from_pretrained(model_dir)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
+            f"is {config.vocab_size}; they do not belong together"
+        )
+    if args.max_length is None:
+        args.max_length = min(128, config.max_position_embeddings)
+    if args.max_length < 8:
+        raise ValueError(f"--max-length must be >= 8, got {args.max_length}")
+    if args.max_length > config.max_position_embeddings:
+        raise ValueError(
+            f"--max-length {args.max_length} exceeds the model's max_position_embeddings "
+            f"({config.max_position_embeddings})"
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prepare = {"classification": tasks.prepare_classification}.get(args.task)
+    if prepare is None:
+        raise NotImplementedError(f"--task {args.task} is not implemented yet")
+    job = prepare(args, tokenizer, config, pad_id)  # reads and checks every file first
+    dist, device = init_distributed(device)
+    model, new = tasks.build_head(
+        job.head_class, model_dir, job.config, args.backend, device, args.seed
+    )
+    if dist.is_main and new:
+        print(f"bertfast finetune: newly initialised: {', '.join(new)}", file=sys.stderr)
+
+    def save_final(trained) -> None:
+        trained.save_pretrained(args.output)
+        tokenizer.save_pretrained(args.output)
+
+    evaluate = None
+    if job.evaluate is not None:
+        evaluate = job.evaluate
+    records = train(
+        model,
+        job.train_features,
+        Task(collate=job.collate, weight=job.weight, evaluate=evaluate),
+        settings,
+        dist,
+        _fingerprint(args, FINGERPRINT) | {"model": str(model_dir)},
+        save_final,
+    )
+    if dist.is_main and records and "eval" in records[-1]:
+        print(" ".join(f"{k} {v:.4f}" for k, v in records[-1]["eval"].items()))
+    return 0
+
+
+# Settings whose change makes a resumed run a different run.
+FINGERPRINT = (
+    "task",
+    "train",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "gradient_accumulation",
+    "seed",
+    "max_length",
+)
+
+
+def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
+    """The optimisation, checkpoint and logging options shared by finetune and pretrain."""
+    p.add_argument("--output", required=True, help="directory for the model, checkpoint and log")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data")
+    p.add_argument(
+        "--batch-size", type=int, default=batch_size, help="examples per micro-batch per process"
+    )
+    p.add_argument("--learning-rate", type=float, default=lr, help="AdamW peak learning rate")
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.0,
+        help="fraction of the steps over which the learning rate rises linearly from 0 "
+        "(default: 0)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.01,
+        help="AdamW weight decay (never on biases and LayerNorm weights)",
+    )
+    p.add_argument(
+        "--gradient-accumulation",
+        type=int,
+        default=1,
+        help="micro-batches summed into one optimizer step",
+    )
+    p.add_argument(
+        "--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns it off"
+    )
+    p.add_argument("--seed", type=int, default=42, help="seeds the head, dropout and the order")
+    p.add_argument(
+        "--autocast",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="mixed precision for forward and backward (weights stay fp32; fp16 scales the loss "
+        "on GPUs)",
+    )
+    p.add_argument(
+        "--save-steps",
+        type=int,
+        default=0,
+        help="write the resumable checkpoint every N optimizer steps (default: 0, at each "
+        "epoch's end only)",
+    )
+    p.add_argument("--log-steps", type=int, default=10, help="log the loss every N steps")
+    p.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        help="stop with a checkpoint after N optimizer steps, the schedule unchanged "
+        "(default: run to the end); --resume continues",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --output (model, optimizer, scheduler, RNG, "
+        "data position)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "triton"),
+        help="kernels to train on; triton trains only with dropout 0 in the model's config",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if torch sees one)"
+    )
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a BERT checkpoint for classification, NER or extractive QA",
+        description="Fine-tune a local Hugging Face BERT directory and write a checkpoint that "
+        "transformers and the bertfast pipelines load. Data: JSON Lines or CSV; classification "
+        "reads text (+ text_pair) and label; ner reads tokens and tags; qa reads SQuAD v1 JSON "
+        "or JSON Lines with question, context and answers {text, answer_start}. Runs "
+        "data-parallel under torchrun.",
+    )
+    p.add_argument("--task", required=True, choices=TASKS, help="what to fine-tune for")
+    p.add_argument("--model", required=True, help="local Hugging Face model directory")
+    p.add_argument("--train", required=True, help="training data file")
+    p.add_argument(
+        "--validation", default=None, help="data scored after each epoch (default: none)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per sequence at most (default: 128, or the model's "
+        "max_position_embeddings when smaller)",
+    )
+    p.add_argument(
+        "--eval-batch-size", type=int, default=64, help="sequences per forward when evaluating"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=32,
+        help="qa: context tokens shared by consecutive windows of a long context",
+    )
+    p.add_argument("--max-answer-length", type=int, default=30, help="qa: answer tokens at most")
+    add_training_arguments(p, batch_size=16, lr=5e-5)
+    p.set_defaults(func=cmd_finetune)

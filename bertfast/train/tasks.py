@@ -1,0 +1,154 @@
+"""The fine-tuning tasks: which head, how features become batches, how a model is scored."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bertfast import heads
+from bertfast.config import BertConfig
+from bertfast.train import data, metrics
+from bertfast.train.data import Feature
+from bertfast.weights import load_state_dict, split_encoder_keys
+
+
+def build_head(
+    head_class: type[heads.BertPreTrainedHead],
+    model_dir: str | os.PathLike,
+    config: BertConfig,
+    backend: str,
+    device: str,
+    seed: int,
+) -> tuple[heads.BertPreTrainedHead, list[str]]:
+    """``head_class`` with the encoder (and, when shapes fit, the head) of ``model_dir``;
+    weights the checkpoint lacks keep Hugging Face's initialisation, drawn from ``seed``.
+    Returns the model and the names of the newly initialised weights."""
+    torch.manual_seed(seed)
+    fresh = head_class(config, backend="torch", device="cpu")
+    state = fresh.hf_state_dict()
+    encoder, rest = split_encoder_keys(load_state_dict(model_dir))
+    given = {"bert." + k: v for k, v in encoder.items()} | rest
+    new = []
+    for key, value in state.items():
+        if key in given and given[key].shape == value.shape:
+            state[key] = given[key]
+        else:
+            new.append(key)
+    model = head_class.from_hf_state_dict(
+        config, state, backend=backend, device=device, source=str(model_dir)
+    )
+    return model, new
+
+
+def pad_batch(
+    features: Sequence[Feature], pad_id: int, target_keys: Sequence[str], target_pad: int = -100
+) -> dict[str, torch.Tensor]:
+    """Right-padded model inputs, plus each target: per-token lists padded with ``target_pad``,
+    scalars stacked."""
+    length = max(len(f.input_ids) for f in features)
+    batch = len(features)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros(batch, length, dtype=torch.long)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f.input_ids)
+        input_ids[i, :n] = torch.tensor(f.input_ids)
+        token_type_ids[i, :n] = torch.tensor(f.token_type_ids)
+        attention_mask[i, :n] = 1
+    out = {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+    }
+    for key in target_keys:
+        values = [f.targets[key] for f in features]
+        if isinstance(values[0], list):
+            column = torch.full((batch, length), target_pad, dtype=torch.long)
+            for i, v in enumerate(values):
+                column[i, : len(v)] = torch.tensor(v)
+            out[key] = column
+        else:
+            out[key] = torch.tensor(values, dtype=torch.long)
+    return out
+
+
+def predict_batches(
+    model: torch.nn.Module, features: Sequence[Feature], pad_id: int, batch_size: int
+) -> list[Any]:
+    """The model's outputs (moved to the CPU) batch by batch, inputs only."""
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        batch = pad_batch(chunk, pad_id, ())
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        outputs.append((chunk, batch, out))
+    return outputs
+
+
+def classification_metrics(
+    model: torch.nn.Module, features: Sequence[Feature], pad_id: int, batch_size: int
+) -> dict[str, float]:
+    gold, predicted = [], []
+    for chunk, _, out in predict_batches(model, features, pad_id, batch_size):
+        predicted += out.logits.argmax(-1).cpu().tolist()
+        gold += [f.targets["labels"] for f in chunk]
+    return {
+        "accuracy": metrics.accuracy(gold, predicted),
+        "macro_f1": metrics.macro_f1(gold, predicted),
+    }
+
+
+@dataclass
+class Job:
+    """A task ready to train: its head and config, encoded features, batching and scoring."""
+
+    head_class: type[heads.BertPreTrainedHead]
+    config: BertConfig
+    train_features: list[Feature]
+    collate: Callable[[Sequence[Feature]], dict[str, torch.Tensor]]
+    weight: Callable[[dict[str, torch.Tensor]], int]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None
+
+
+def with_labels(config: BertConfig, names: Sequence[str], **extra: Any) -> BertConfig:
+    """A copy of ``config`` whose id2label / label2id are ``names`` in order."""
+    id2label = dict(enumerate(names))
+    return dataclasses.replace(
+        config,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        extra={**config.extra, **extra},
+    )
+
+
+def prepare_classification(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
+    train_examples = data.read_classification(args.train)
+    names = data.label_names([e.label for e in train_examples])
+    if len(names) < 2:
+        raise data.DataError(f"{args.train}: field 'label': one label only ({names}); need two")
+    config = with_labels(config, names, problem_type="single_label_classification")
+    label2id = config.label2id
+    features = data.encode_classification(tokenizer, train_examples, label2id, args.max_length)
+    evaluate = None
+    if args.validation:
+        val = data.encode_classification(
+            tokenizer, data.read_classification(args.validation), label2id, args.max_length
+        )
+
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            return classification_metrics(model, val, pad_id, args.eval_batch_size)
+
+    return Job(
+        heads.BertForSequenceClassification,
+        config,
+        features,
+        collate=lambda fs: pad_batch(fs, pad_id, ("labels",)),
+        weight=lambda batch: int(batch["labels"].numel()),
+        evaluate=evaluate,
+    )

@@ -1,0 +1,187 @@
+"""bertfast finetune / pretrain on tiny random models (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from bertfast.cli import main  # noqa: E402
+from bertfast.train import metrics  # noqa: E402
+
+POSITIVE = ["good", "great", "fine", "happy", "nice", "love"]
+NEGATIVE = ["bad", "awful", "poor", "sad", "ugly", "hate"]
+NEUTRAL = ["the", "a", "movie", "film", "was", "is", "it", "and", "very", "this", "paris"]
+WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["john", "smith", "london", "lives", "in", "who"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+COMMON = ["--backend", "torch", "--device", "cpu", "--log-steps", "1", "--max-length", "32"]
+
+
+def write_vocab(path) -> None:
+    pieces = ["##s", "##ed", "##ing", "##y"]
+    path.write_text("\n".join(SPECIAL + WORDS + pieces + list("abcdefghijklmnopqrstuvwxyz")))
+
+
+def tiny_model(path, dropout: float = 0.1, seed: int = 0):
+    """A random transformers.BertModel (hidden 32, 2 layers) with its vocab.txt."""
+    path.mkdir(parents=True, exist_ok=True)
+    write_vocab(path / "vocab.txt")
+    vocab = len((path / "vocab.txt").read_text().split("\n"))
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        initializer_range=0.1,  # larger than BERT's 0.02: a 2-layer model learns in few steps
+    )
+    transformers.BertModel(config).save_pretrained(path)
+    return path
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["negative", "positive"])
+        cue = POSITIVE if label == "positive" else NEGATIVE
+        words = rng.sample(cue, 3) + rng.sample(NEUTRAL, 1)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def finetune(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["finetune", *argv, *COMMON])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    return (
+        write_jsonl(root / "train.jsonl", sentiment_rows(64, 0)),
+        write_jsonl(root / "validation.jsonl", sentiment_rows(48, 1)),
+    )
+
+
+def test_classification_learns_and_saves_a_transformers_checkpoint(
+    capsys, tmp_path, model_dir, sentiment
+):
+    train, validation = sentiment
+    out_dir = tmp_path / "out"
+    code, out, err = finetune(
+        capsys,
+        "--task", "classification", "--model", str(model_dir), "--train", train,
+        "--validation", validation, "--output", str(out_dir), "--epochs", "4",
+        "--batch-size", "8", "--learning-rate", "1e-2", "--warmup-ratio", "0.1",
+    )  # fmt: skip
+    assert code == 0, err
+    log = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if "eval" in r]
+    print([(r["epoch"], round(r["train_loss"], 4), r["eval"]) for r in epochs])
+    assert len(epochs) == 4 and epochs[-1]["eval"]["accuracy"] >= 0.9
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out_dir).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out_dir)
+    from bertfast.heads import BertForSequenceClassification
+    from bertfast.pipelines import pipeline
+
+    ours = BertForSequenceClassification.from_pretrained(out_dir, backend="torch").eval()
+    enc = hf_tok(["good movie", "the film was awful and sad"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = hf(**enc).logits
+        actual = ours(**enc).logits
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    classify = pipeline("text-classification", model=str(out_dir), backend="torch")
+    assert classify("it was great and nice")[0]["label"] == "positive"
+
+
+def test_metric_definitions_on_hand_checked_cases():
+    assert metrics.accuracy([0, 1, 1, 2], [0, 1, 2, 2]) == 0.75
+    # per label F1: 0 -> 1, 1 -> 2/3, 2 -> 2/3
+    assert metrics.macro_f1([0, 1, 1, 2], [0, 1, 2, 2]) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_csv_with_text_pairs_trains(capsys, tmp_path, model_dir):
+    lines = ["text,text_pair,label"] + [
+        f"{w} movie,{v} film,{'same' if (w in POSITIVE) == (v in POSITIVE) else 'differ'}"
+        for w, v in zip(POSITIVE + NEGATIVE, NEGATIVE + NEGATIVE, strict=True)
+    ]
+    train = tmp_path / "pairs.csv"
+    train.write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "out"
+    code, _, err = finetune(
+        capsys, "--task", "classification", "--model", str(model_dir), "--train", str(train),
+        "--output", str(out_dir), "--epochs", "1", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["label2id"] == {"differ": 0, "same": 1}
+
+
+BAD_INPUTS = [
+    ('{"label": "positive"}\n', "line 1, field 'text': missing"),
+    ('{"text": "good", "label": "positive"}\n{"text": "bad", "label": 1.5}\n', "line 2, field 'label': expected"),
+    ('{"text": "good", "label": "positive"}\n{"text": "bad", "label": 0}\n', "line 2, field 'label': int label"),
+    ("", "empty file"),
+    ('{"text": "good", "label": "positive"}\n[1, 2]\n', "line 2: expected a JSON object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_INPUTS)
+def test_bad_training_files_fail_in_one_line_before_training(
+    capsys, tmp_path, model_dir, content, message
+):
+    train = tmp_path / "train.jsonl"
+    train.write_text(content)
+    code, _, err = finetune(
+        capsys, "--task", "classification", "--model", str(model_dir), "--train", str(train),
+        "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2 and message in err and str(train) in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_label_at_evaluation_is_named(capsys, tmp_path, model_dir, sentiment):
+    validation = write_jsonl(tmp_path / "v.jsonl", [{"text": "good", "label": "neutral"}])
+    code, _, err = finetune(
+        capsys, "--task", "classification", "--model", str(model_dir), "--train", sentiment[0],
+        "--validation", validation, "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2 and f"{validation}, line 1, field 'label': unknown label 'neutral'" in err
+
+
+def test_triton_with_dropout_is_a_one_line_error(capsys, tmp_path, model_dir, sentiment):
+    from bertfast import backend_report
+
+    if backend_report("cpu")["triton"]:
+        pytest.skip(f"triton cannot run here: {backend_report('cpu')['triton']}")
+    argv = ["--task", "classification", "--model", str(model_dir), "--train", sentiment[0]]
+    code = main(["finetune", *argv, "--output", str(tmp_path), "--backend", "triton"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "dropout" in errors[0], err
