@@ -185,3 +185,155 @@ def test_triton_with_dropout_is_a_one_line_error(capsys, tmp_path, model_dir, se
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1 and "dropout" in errors[0], err
+
+
+def test_seqeval_definition_on_hand_checked_cases():
+    # seqeval's README example: one of two entities right in each of gold and prediction.
+    gold = [["O", "O", "O", "B-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    pred = [["O", "O", "B-MISC", "I-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    assert metrics.entity_scores(gold, pred) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    # An I- after O opens an entity; a type change closes one; IOBES S- and E- are read.
+    assert metrics.get_entities(["O", "I-PER", "I-PER", "I-LOC", "B-LOC", "O"]) == [
+        ("PER", 1, 2),
+        ("LOC", 3, 3),
+        ("LOC", 4, 4),
+    ]
+    assert metrics.get_entities(["S-PER", "B-LOC", "E-LOC"]) == [("PER", 0, 0), ("LOC", 1, 2)]
+    assert metrics.entity_scores([["O"]], [["B-PER"]]) == {"precision": 0, "recall": 0, "f1": 0}
+
+
+def test_squad_definition_on_hand_checked_cases():
+    assert metrics.normalize_answer("The  Quick, brown fox!") == "quick brown fox"
+    assert metrics.normalize_answer("an apple a day") == "apple day"
+    # "cat sat" vs "cat sat down": precision 1, recall 2/3
+    assert metrics.squad_f1("the cat sat", "a cat sat down") == pytest.approx(0.8)
+    scores = metrics.squad_scores(["The Cat", "dog"], [["cat", "a cat"], ["big dog", "cow"]])
+    assert scores["exact_match"] == 50.0
+    assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+
+def ner_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 6)):
+            kind = rng.random()
+            if kind < 0.25:
+                tokens += ["john", rng.choice(["smith", "smiths"])]
+                tags += ["B-PER", "I-PER"]
+            elif kind < 0.45:
+                tokens.append(rng.choice(["london", "paris"]))
+                tags.append("B-LOC")
+            else:
+                tokens.append(rng.choice(NEUTRAL + POSITIVE))
+                tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def last_eval(out_dir) -> dict:
+    log = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in log if "eval" in r][-1]["eval"]
+
+
+def test_ner_end_to_end(capsys, tmp_path, model_dir):
+    from bertfast.heads import BertForTokenClassification
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train import data, tasks
+
+    train = write_jsonl(tmp_path / "train.jsonl", ner_rows(40, 0))
+    validation = write_jsonl(tmp_path / "val.jsonl", ner_rows(16, 1))
+    out_dir = tmp_path / "out"
+    code, _, err = finetune(
+        capsys, "--task", "ner", "--model", str(model_dir), "--train", train,
+        "--validation", validation, "--output", str(out_dir), "--epochs", "3",
+        "--batch-size", "8", "--learning-rate", "1e-2",
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((out_dir / "config.json").read_text())
+    assert list(config["id2label"].values()) == ["O", "B-LOC", "B-PER", "I-PER"]
+    logged = last_eval(out_dir)
+    print("ner", logged)
+    assert logged["f1"] > 0.5
+    # The logged scores are seqeval's on the saved model's word-level predictions.
+    model = BertForTokenClassification.from_pretrained(out_dir, backend="torch").eval()
+    tokenizer = BertTokenizer.from_pretrained(out_dir)
+    examples = data.read_tagged(validation)
+    features = data.encode_tagged(tokenizer, examples, model.config.label2id, 32)
+    with torch.no_grad():
+        again = tasks.ner_metrics(model, features, examples, model.config.id2label, 0, 5)
+    assert again == pytest.approx(logged)
+    assert features[0].targets["labels"][0] == -100  # [CLS]
+    smiths = next(f for f, e in zip(features, examples) if "smiths" in e.tokens)
+    assert -100 in smiths.targets["labels"][1:-1]  # the ##s piece
+
+
+def qa_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        filler = [rng.choice(NEUTRAL + POSITIVE) for _ in range(rng.randint(8, 24))]
+        at = rng.randint(0, len(filler))
+        name = rng.choice(["john", "john smith", "smith"])
+        words = filler[:at] + [name, "lives", "in", "london"] + filler[at:]
+        context = " ".join(words)
+        start = len(" ".join(filler[:at])) + (1 if at else 0)
+        answer = {"text": [name], "answer_start": [start]}
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": "who lives in london",
+                "context": context,
+                "answers": answer,
+            }
+        )
+    return rows
+
+
+def test_qa_end_to_end_with_squad_json_and_windows(capsys, tmp_path, model_dir):
+    from bertfast.heads import BertForQuestionAnswering
+    from bertfast.pipelines import pipeline
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train import data, tasks
+
+    train = write_jsonl(tmp_path / "train.jsonl", qa_rows(24, 0))
+    squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": []}]}
+    for row in qa_rows(8, 1):
+        answers = [
+            {"text": row["answers"]["text"][0], "answer_start": row["answers"]["answer_start"][0]}
+        ]
+        qas = [{"id": row["id"], "question": row["question"], "answers": answers}]
+        squad["data"][0]["paragraphs"].append({"context": row["context"], "qas": qas})
+    validation = tmp_path / "dev.json"
+    validation.write_text(json.dumps(squad))
+    out_dir = tmp_path / "out"
+    code, _, err = finetune(
+        capsys, "--task", "qa", "--model", str(model_dir), "--train", train,
+        "--validation", str(validation), "--output", str(out_dir), "--epochs", "2",
+        "--batch-size", "8", "--learning-rate", "5e-3", "--stride", "8",
+    )  # fmt: skip
+    assert code == 0, err
+    logged = last_eval(out_dir)
+    print("qa", logged)
+    model = BertForQuestionAnswering.from_pretrained(out_dir, backend="torch").eval()
+    tokenizer = BertTokenizer.from_pretrained(out_dir)
+    examples = data.read_qa(validation)
+    features = data.encode_qa(tokenizer, examples, 32, 8)
+    assert len(features) > len(examples)  # long contexts were split into windows
+    for f in features:  # a target span lies on the answer's text, or on [CLS]
+        s, e = f.targets["start_positions"], f.targets["end_positions"]
+        if s:
+            ctx = examples[f.example].context
+            assert (
+                ctx[f.extra["offsets"][s][0] : f.extra["offsets"][e][1]]
+                == examples[f.example].answers[0][0]
+            )
+    with torch.no_grad():
+        predictions = tasks.qa_predictions(model, features, examples, 0, 7, 30)
+    gold = [[t for t, _ in e.answers] for e in examples]
+    assert metrics.squad_scores(predictions, gold) == pytest.approx(logged)
+    answer = pipeline("question-answering", model=str(out_dir), backend="torch")(
+        question="who lives in london", context=examples[0].context
+    )
+    assert isinstance(answer["answer"], str)

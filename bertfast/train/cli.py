@@ -70,10 +70,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"({config.max_position_embeddings})"
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prepare = {"classification": tasks.prepare_classification}.get(args.task)
-    if prepare is None:
-        raise NotImplementedError(f"--task {args.task} is not implemented yet")
-    job = prepare(args, tokenizer, config, pad_id)  # reads and checks every file first
+    job = tasks.PREPARE[args.task](
+        args, tokenizer, config, pad_id
+    )  # reads and checks every file first
     dist, device = init_distributed(device)
     model, new = tasks.build_head(
         job.head_class, model_dir, job.config, args.backend, device, args.seed
@@ -114,6 +113,7 @@ FINGERPRINT = (
     "gradient_accumulation",
     "seed",
     "max_length",
+    "stride",
 )
 
 

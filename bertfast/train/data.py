@@ -27,9 +27,10 @@ class Record:
     path: str
     line: int
     fields: dict[str, Any]
+    place: str | None = None  # where in a nested JSON file, when there are no lines
 
     def where(self, name: str | None = None) -> str:
-        at = f"{self.path}, line {self.line}"
+        at = f"{self.path}, {self.place or f'line {self.line}'}"
         return f"{at}, field {name!r}" if name else at
 
     def get(self, name: str, kinds: tuple[type, ...], what: str, required: bool = True) -> Any:
@@ -173,8 +174,219 @@ def encode_classification(
     return features
 
 
+# NER: tokens and tags, one tag per word.
+
+
+@dataclass
+class TaggedExample:
+    tokens: list[str]
+    tags: list[str]
+    record: Record
+
+
+def _string_list(record: Record, name: str) -> list[str]:
+    value = record.get(name, (list,), "a list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise DataError(
+                f"{record.where(name)}: item {i} is {type(item).__name__}, expected a string"
+            )
+    return value
+
+
+def read_tagged(path: str | os.PathLike) -> list[TaggedExample]:
+    """JSON Lines with ``tokens`` (words) and ``tags`` (one label per word, e.g. B-PER)."""
+    examples = []
+    for record in read_records(path):
+        tokens, tags = _string_list(record, "tokens"), _string_list(record, "tags")
+        if len(tokens) != len(tags):
+            raise DataError(
+                f"{record.where('tags')}: {len(tags)} tags for {len(tokens)} tokens; give one "
+                "tag per token"
+            )
+        if not tokens:
+            raise DataError(f"{record.where('tokens')}: no tokens")
+        examples.append(TaggedExample(tokens, tags, record))
+    return examples
+
+
+def tag_names(tags: Sequence[str]) -> list[str]:
+    """The distinct tags, "O" first, then by entity type with B- before I-."""
+    distinct = set(tags)
+    rest = sorted(distinct - {"O"}, key=lambda t: (t[2:], t[:2]) if t[1:2] == "-" else (t, ""))
+    return (["O"] if "O" in distinct else []) + rest
+
+
+def encode_tagged(
+    tokenizer, examples: Sequence[TaggedExample], label2id: dict[str, int], max_length: int
+) -> list[Feature]:
+    """[CLS] word pieces [SEP]; each word's tag on its first piece, -100 on the others (and on
+    the special tokens). Words past ``max_length`` are dropped; ``extra["words"]`` counts the
+    words that fit and ``extra["starts"]`` holds their first pieces' positions."""
+    check_labels([(e.record, "tags", t) for e in examples for t in e.tags], label2id)
+    words = [w for e in examples for w in e.tokens]
+    pieces = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+    unk = tokenizer.unk_token_id
+    features, at = [], 0
+    for n, example in enumerate(examples):
+        ids, labels, starts = [tokenizer.cls_token_id], [IGNORE_INDEX], []
+        for tag in example.tags:
+            word = pieces[at] or [unk]  # a word the vocabulary drops entirely (a control char)
+            at += 1
+            if len(ids) + len(word) > max_length - 1:
+                continue
+            starts.append(len(ids))
+            ids += word
+            labels += [label2id[tag]] + [IGNORE_INDEX] * (len(word) - 1)
+        ids.append(tokenizer.sep_token_id)
+        labels.append(IGNORE_INDEX)
+        features.append(
+            Feature(ids, [0] * len(ids), {"labels": labels}, example=n, extra={"starts": starts})
+        )
+    return features
+
+
+# Extractive QA: question, context and answers.
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[tuple[str, int]]  # (text, start character)
+    record: Record
+
+
+def _answers(record: Record, context: str) -> list[tuple[str, int]]:
+    value = record.get("answers", (list, dict), "a list of {text, answer_start}")
+    if isinstance(value, dict):  # the datasets layout: {"text": [...], "answer_start": [...]}
+        texts, starts = value.get("text"), value.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise DataError(
+                f"{record.where('answers')}: expected text and answer_start lists of one length"
+            )
+        value = [{"text": t, "answer_start": s} for t, s in zip(texts, starts, strict=True)]
+    answers = []
+    for i, answer in enumerate(value):
+        text = answer.get("text") if isinstance(answer, dict) else None
+        start = answer.get("answer_start") if isinstance(answer, dict) else None
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+            raise DataError(
+                f"{record.where('answers')}: answer {i} needs a string 'text' and an integer "
+                f"'answer_start', got {answer!r}"
+            )
+        if context[start : start + len(text)] != text:
+            raise DataError(
+                f"{record.where('answers')}: answer {i} {text!r} is not at character {start} "
+                f"of the context (found {context[start : start + len(text)]!r})"
+            )
+        answers.append((text, start))
+    if not answers:
+        raise DataError(f"{record.where('answers')}: no answer (SQuAD v1 needs one)")
+    return answers
+
+
+def _squad_records(path: str, data: Any) -> list[Record]:
+    """The questions of a SQuAD JSON file as records with question, context, answers, id."""
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{path}: expected SQuAD JSON ({{'data': [articles]}}) or JSON Lines")
+    records = []
+    for a, article in enumerate(data["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            context = paragraph.get("context")
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                place = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                fields = {"context": context, **qa}
+                records.append(Record(path, 0, fields, place))
+    if not records:
+        raise DataError(f"{path}: empty file (no questions)")
+    return records
+
+
+def read_qa(path: str | os.PathLike) -> list[QAExample]:
+    """SQuAD v1 JSON, or JSON Lines with ``question``, ``context``, ``answers`` (and ``id``)."""
+    path = str(path)
+    records = None
+    if path.lower().endswith(".json") and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if not text.strip():
+            raise DataError(f"{path}: empty file (no records)")
+        try:
+            records = _squad_records(path, json.loads(text))
+        except json.JSONDecodeError:
+            records = None  # not one JSON document: read it as JSON Lines
+    if records is None:
+        records = read_records(path)
+    examples = []
+    for n, record in enumerate(records):
+        question = record.get("question", (str,), "a string")
+        context = record.get("context", (str,), "a string")
+        qid = record.get("id", (str, int), "a string", required=False)
+        answers = _answers(record, context)
+        examples.append(
+            QAExample(str(n if qid is None else qid), question, context, answers, record)
+        )
+    return examples
+
+
+def encode_qa(
+    tokenizer, examples: Sequence[QAExample], max_length: int, stride: int
+) -> list[Feature]:
+    """[CLS] question [SEP] context window [SEP] for each window of each context (windows
+    overlap by ``stride`` tokens). Targets: the first answer's token span in the window, or
+    (0, 0) on [CLS] when the window does not hold it all. ``extra["offsets"]`` maps context
+    tokens to characters (None elsewhere) for decoding predictions."""
+    if not examples:
+        return []
+    encodings = tokenizer.encode_with_offsets(
+        [e.question for e in examples],
+        [e.context for e in examples],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+    )
+    features = []
+    for n, (example, encoding) in enumerate(zip(examples, encodings, strict=True)):
+        for window in (encoding, *encoding.overflowing):
+            sequence = window.sequence_ids
+            offsets = [
+                tuple(o) if s == 1 else None for o, s in zip(window.offsets, sequence, strict=True)
+            ]
+            context = [i for i, o in enumerate(offsets) if o is not None]
+            if not context:
+                raise DataError(
+                    f"{example.record.where('question')}: the question leaves no room for the "
+                    f"context in --max-length {max_length}"
+                )
+            text, start_char = example.answers[0]
+            end_char = start_char + len(text)
+            start = end = 0
+            if offsets[context[0]][0] <= start_char and offsets[context[-1]][1] >= end_char:
+                start = next(i for i in context if offsets[i][1] > start_char)
+                end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+            features.append(
+                Feature(
+                    list(window.ids),
+                    list(window.type_ids),
+                    {"start_positions": start, "end_positions": end},
+                    example=n,
+                    extra={"offsets": offsets},
+                )
+            )
+    return features
+
+
 __all__ = [
     "IGNORE_INDEX",
+    "QAExample",
+    "TaggedExample",
+    "encode_qa",
+    "encode_tagged",
+    "read_qa",
+    "read_tagged",
+    "tag_names",
     "ClassificationExample",
     "DataError",
     "Feature",

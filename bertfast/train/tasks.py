@@ -152,3 +152,131 @@ def prepare_classification(args, tokenizer, config: BertConfig, pad_id: int) -> 
         weight=lambda batch: int(batch["labels"].numel()),
         evaluate=evaluate,
     )
+
+
+def ner_metrics(
+    model: torch.nn.Module,
+    features: Sequence[Feature],
+    examples: Sequence[data.TaggedExample],
+    id2label: dict[int, str],
+    pad_id: int,
+    batch_size: int,
+) -> dict[str, float]:
+    """Entity-level scores on the words that fit in --max-length (each word's tag is the
+    prediction at its first piece)."""
+    gold, predicted = [], []
+    for chunk, _, out in predict_batches(model, features, pad_id, batch_size):
+        best = out.logits.argmax(-1).cpu()
+        for row, feature in zip(best, chunk, strict=True):
+            starts = feature.extra["starts"]
+            predicted.append([id2label[int(row[i])] for i in starts])
+            gold.append(examples[feature.example].tags[: len(starts)])
+    return metrics.entity_scores(gold, predicted)
+
+
+def prepare_ner(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
+    train_examples = data.read_tagged(args.train)
+    names = data.tag_names([t for e in train_examples for t in e.tags])
+    config = with_labels(config, names)
+    features = data.encode_tagged(tokenizer, train_examples, config.label2id, args.max_length)
+    evaluate = None
+    if args.validation:
+        val_examples = data.read_tagged(args.validation)
+        val = data.encode_tagged(tokenizer, val_examples, config.label2id, args.max_length)
+
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            return ner_metrics(
+                model, val, val_examples, config.id2label, pad_id, args.eval_batch_size
+            )
+
+    return Job(
+        heads.BertForTokenClassification,
+        config,
+        features,
+        collate=lambda fs: pad_batch(fs, pad_id, ("labels",)),
+        weight=lambda batch: int((batch["labels"] != data.IGNORE_INDEX).sum()),
+        evaluate=evaluate,
+    )
+
+
+def best_span(
+    start_logits: Sequence[float],
+    end_logits: Sequence[float],
+    offsets: Sequence[tuple[int, int] | None],
+    max_answer_length: int,
+    n_best: int = 20,
+) -> tuple[float, int, int] | None:
+    """(score, start char, end char) of the best context span in one window: the top
+    ``n_best`` starts and ends, end not before start, at most ``max_answer_length`` tokens."""
+    context = [i for i, o in enumerate(offsets) if o is not None]
+    starts = sorted(context, key=lambda i: -start_logits[i])[:n_best]
+    ends = sorted(context, key=lambda i: -end_logits[i])[:n_best]
+    best = None
+    for s in starts:
+        for e in ends:
+            if e < s or e - s + 1 > max_answer_length:
+                continue
+            score = start_logits[s] + end_logits[e]
+            if best is None or score > best[0]:
+                best = (score, offsets[s][0], offsets[e][1])
+    return best
+
+
+def qa_predictions(
+    model: torch.nn.Module,
+    features: Sequence[Feature],
+    examples: Sequence[data.QAExample],
+    pad_id: int,
+    batch_size: int,
+    max_answer_length: int,
+) -> list[str]:
+    """The best answer text of each example over all of its windows ("" when none fits)."""
+    best: dict[int, tuple[float, int, int]] = {}
+    for chunk, _, out in predict_batches(model, features, pad_id, batch_size):
+        for i, feature in enumerate(chunk):
+            n = len(feature.input_ids)
+            span = best_span(
+                out.start_logits[i, :n].tolist(),
+                out.end_logits[i, :n].tolist(),
+                feature.extra["offsets"],
+                max_answer_length,
+            )
+            if span is not None and (
+                feature.example not in best or span[0] > best[feature.example][0]
+            ):
+                best[feature.example] = span
+    return [e.context[best[n][1] : best[n][2]] if n in best else "" for n, e in enumerate(examples)]
+
+
+def prepare_qa(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
+    if not 0 <= args.stride < args.max_length // 2:
+        raise ValueError(
+            f"--stride must lie in [0, --max-length / 2) = [0, {args.max_length // 2}), got "
+            f"{args.stride}"
+        )
+    config = with_labels(config, ["LABEL_0", "LABEL_1"])
+    features = data.encode_qa(tokenizer, data.read_qa(args.train), args.max_length, args.stride)
+    evaluate = None
+    if args.validation:
+        val_examples = data.read_qa(args.validation)
+        val = data.encode_qa(tokenizer, val_examples, args.max_length, args.stride)
+
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            predictions = qa_predictions(
+                model, val, val_examples, pad_id, args.eval_batch_size, args.max_answer_length
+            )
+            return metrics.squad_scores(
+                predictions, [[t for t, _ in e.answers] for e in val_examples]
+            )
+
+    return Job(
+        heads.BertForQuestionAnswering,
+        config,
+        features,
+        collate=lambda fs: pad_batch(fs, pad_id, ("start_positions", "end_positions")),
+        weight=lambda batch: int(batch["start_positions"].numel()),
+        evaluate=evaluate,
+    )
+
+
+PREPARE = {"classification": prepare_classification, "ner": prepare_ner, "qa": prepare_qa}
