@@ -337,3 +337,64 @@ def test_qa_end_to_end_with_squad_json_and_windows(capsys, tmp_path, model_dir):
         question="who lives in london", context=examples[0].context
     )
     assert isinstance(answer["answer"], str)
+
+
+def load_weights(out_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out_dir / "model.safetensors"))
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(capsys, tmp_path, model_dir, sentiment):
+    argv = [
+        "--task", "classification", "--model", str(model_dir), "--train", sentiment[0],
+        "--epochs", "1.5", "--batch-size", "4", "--gradient-accumulation", "2",
+        "--learning-rate", "1e-2", "--warmup-ratio", "0.2",
+    ]  # fmt: skip
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert finetune(capsys, *argv, "--output", str(whole))[0] == 0
+    code, _, err = finetune(capsys, *argv, "--output", str(parts), "--stop-after-steps", "5")
+    assert code == 0 and "stopped at step 5 of 12" in err, err
+    assert (parts / "checkpoint.pt").is_file() and not (parts / "model.safetensors").exists()
+    code, _, err = finetune(capsys, *argv, "--output", str(parts), "--resume", "--seed", "7")
+    assert code == 2 and "different settings (['seed'])" in err, err
+    assert finetune(capsys, *argv, "--output", str(parts), "--resume")[0] == 0
+    expected, actual = load_weights(whole), load_weights(parts)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    log = (parts / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log if "train_loss" in line] == [8, 12]
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_last_one(tmp_path, monkeypatch):
+    from bertfast.train import loop
+
+    path = str(tmp_path / "checkpoint.pt")
+    loop.atomic_save({"step": 1}, path)
+
+    def dies(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        loop.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_no_weight_decay_on_biases_and_layer_norms(model_dir):
+    from bertfast.config import BertConfig
+    from bertfast.heads import BertForSequenceClassification
+    from bertfast.train.loop import linear_schedule, parameter_groups
+
+    model = BertForSequenceClassification(BertConfig.from_pretrained(model_dir), backend="torch")
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"classifier.bias"}
+    assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)] for p in no_decay["params"])
+    factor = linear_schedule(2, 10)
+    assert [factor(s) for s in (0, 1, 2, 6, 10)] == [0, 0.5, 1, 0.5, 0]
