@@ -136,6 +136,7 @@ HELP_CHECKED = (
     "bench",
     "serve",
     "finetune",
+    "pretrain",
 )
 
 

@@ -398,3 +398,58 @@ def test_no_weight_decay_on_biases_and_layer_norms(model_dir):
     assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)] for p in no_decay["params"])
     factor = linear_schedule(2, 10)
     assert [factor(s) for s in (0, 1, 2, 6, 10)] == [0, 0.5, 1, 0.5, 0]
+
+
+def write_corpus(path, documents: int, seed: int) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(documents):
+        topic = rng.choice([POSITIVE, NEGATIVE])
+        for _ in range(rng.randint(3, 5)):
+            lines.append(" ".join(rng.choice(topic + NEUTRAL[:3]) for _ in range(5)))
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def tiny_config_file(path) -> str:
+    config = dict(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_pretrain_loss_falls_and_transformers_loads_it(capsys, tmp_path, model_dir):
+    corpus = write_corpus(tmp_path / "corpus.txt", 8, 0)
+    out_dir = tmp_path / "out"
+    code = main(
+        ["pretrain", "--corpus", corpus, "--config", tiny_config_file(tmp_path / "c.json"),
+         "--tokenizer", str(model_dir), "--output", str(out_dir), "--max-length", "24",
+         "--epochs", "5", "--batch-size", "8", "--learning-rate", "1e-2", "--save-steps", "3",
+         "--whole-word-mask", "--backend", "torch", "--device", "cpu", "--log-steps", "1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    epochs = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in epochs if "train_loss" in r]
+    print("pretrain epoch losses", [round(x, 3) for x in losses])
+    assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]
+    hf = transformers.BertForPreTraining.from_pretrained(out_dir).eval()
+    from bertfast.heads import BertForPreTraining
+
+    ours = BertForPreTraining.from_pretrained(out_dir, backend="torch").eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3, 13, 14, 3]])
+    with torch.no_grad():
+        expected, actual = hf(ids), ours(ids)
+    torch.testing.assert_close(
+        actual.prediction_logits, expected.prediction_logits, atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        actual.seq_relationship_logits, expected.seq_relationship_logits, atol=1e-4, rtol=0
+    )

@@ -101,6 +101,103 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_pretraining_config(name: str, vocab_size: int, max_length: int):
+    """A preset by name, or a config.json (file or directory), sized for the tokenizer."""
+    import dataclasses
+    import json
+    import os
+
+    from bertfast.config import PRESETS, BertConfig
+
+    if name in PRESETS:
+        config = BertConfig.preset(name, vocab_size=vocab_size)
+    elif os.path.isdir(name):
+        config = BertConfig.from_pretrained(name)
+    elif os.path.isfile(name):
+        try:
+            with open(name, encoding="utf-8") as f:
+                config = BertConfig.from_dict(json.load(f))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: not valid JSON ({exc.msg})") from None
+    else:
+        raise ValueError(
+            f"--config {name!r} is neither a preset ({', '.join(PRESETS)}) nor a config file"
+        )
+    if config.vocab_size < vocab_size:
+        raise ValueError(
+            f"--config {name}: vocab_size {config.vocab_size} is smaller than the tokenizer's "
+            f"{vocab_size} tokens"
+        )
+    if config.max_position_embeddings < max_length:
+        config = dataclasses.replace(config, max_position_embeddings=max_length)
+    return config
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bertfast.heads import BertForPreTraining
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train import tasks
+    from bertfast.train.loop import Task, init_distributed, train
+
+    device = _device_and_backend(args)
+    settings = _settings(args)
+    settings.check()
+    if not 8 <= args.max_length:
+        raise ValueError(f"--max-length must be >= 8, got {args.max_length}")
+    tokenizer = BertTokenizer.from_pretrained(args.tokenizer)
+    config = load_pretraining_config(args.config, len(tokenizer), args.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    job = tasks.prepare_pretraining(args, tokenizer, config, pad_id)
+    dist, device = init_distributed(device)
+    torch_seed(args.seed)
+    model = BertForPreTraining(config, backend=args.backend, device=device)
+    if dist.is_main:
+        print(
+            f"bertfast pretrain: {len(job.train_features)} sequence pairs, "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters",
+            file=sys.stderr,
+        )
+
+    def save_final(trained) -> None:
+        trained.save_pretrained(args.output)
+        tokenizer.save_pretrained(args.output)
+
+    fingerprint = _fingerprint(args, PRETRAIN_FINGERPRINT)
+    train(
+        model,
+        job.train_features,
+        Task(job.collate, job.weight),
+        settings,
+        dist,
+        fingerprint,
+        save_final,
+    )
+    return 0
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+PRETRAIN_FINGERPRINT = (
+    "corpus",
+    "config",
+    "tokenizer",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "gradient_accumulation",
+    "seed",
+    "max_length",
+    "mlm_probability",
+    "whole_word_mask",
+)
+
+
 # Settings whose change makes a resumed run a different run.
 FINGERPRINT = (
     "task",
@@ -222,3 +319,28 @@ def register(subparsers) -> None:
     p.add_argument("--max-answer-length", type=int, default=30, help="qa: answer tokens at most")
     add_training_arguments(p, batch_size=16, lr=5e-5)
     p.set_defaults(func=cmd_finetune)
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pre-train BERT from scratch with masked-LM and next-sentence prediction",
+        description="Pre-train on text files (one sentence a line, a blank line between "
+        "documents) with BERT's objectives: masked LM (15%% of tokens; 80%% [MASK], 10%% random, "
+        "10%% kept; optionally whole words) and next-sentence prediction. Writes a checkpoint "
+        "transformers.BertForPreTraining loads.",
+    )
+    p.add_argument("--corpus", required=True, nargs="+", help="text files of documents")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="model size: transformer-base, bert-base, bert-large, or a config.json",
+    )
+    p.add_argument("--tokenizer", required=True, help="directory with vocab.txt or tokenizer.json")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sentence pair")
+    p.add_argument(
+        "--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict"
+    )
+    p.add_argument(
+        "--whole-word-mask", action="store_true", help="mask every piece of a chosen word"
+    )
+    add_training_arguments(p, batch_size=32, lr=1e-4)
+    p.set_defaults(func=cmd_pretrain)

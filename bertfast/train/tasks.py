@@ -280,3 +280,68 @@ def prepare_qa(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
 
 
 PREPARE = {"classification": prepare_classification, "ner": prepare_ner, "qa": prepare_qa}
+
+
+def read_corpus(paths: Sequence[str]) -> list[list[str]]:
+    """Documents of the corpus files: one sentence a line, a blank line between documents."""
+    documents: list[list[str]] = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no corpus file at {path!r}")
+        current: list[str] = []
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        current.append(line.strip())
+                    elif current:
+                        documents.append(current)
+                        current = []
+        except UnicodeDecodeError as exc:
+            raise data.DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if current:
+            documents.append(current)
+    if not documents:
+        raise data.DataError(f"{', '.join(paths)}: empty corpus (no sentences)")
+    return documents
+
+
+def prepare_pretraining(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
+    """Next-sentence pairs of the corpus, each masked once (static masking, as Google's
+    create_pretraining_data.py does) from --seed, so that batches and resume are exact."""
+    from bertfast.data import MaskedLMCollator, build_next_sentence_pairs
+
+    pairs = build_next_sentence_pairs(
+        read_corpus(args.corpus), tokenizer, max_length=args.max_length, rng=args.seed
+    )
+    collator = MaskedLMCollator(
+        tokenizer,
+        mlm_probability=args.mlm_probability,
+        whole_word_mask=args.whole_word_mask,
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    special = set(torch.nonzero(collator.is_special).flatten().tolist())
+    features = []
+    for n, pair in enumerate(pairs):
+        ids = torch.tensor([pair["input_ids"]])
+        masked, labels = collator.mask_tokens(ids, generator=generator)
+        if not (labels != data.IGNORE_INDEX).any():  # every example teaches the MLM something
+            maskable = [i for i, t in enumerate(pair["input_ids"]) if t not in special]
+            i = maskable[int(torch.randint(len(maskable), (1,), generator=generator))]
+            labels[0, i], masked[0, i] = ids[0, i], collator.mask_token_id
+        features.append(
+            Feature(
+                masked[0].tolist(),
+                pair["token_type_ids"],
+                {"labels": labels[0].tolist(), "next_sentence_label": pair["next_sentence_label"]},
+                example=n,
+            )
+        )
+    return Job(
+        heads.BertForPreTraining,
+        config,
+        features,
+        collate=lambda fs: pad_batch(fs, pad_id, ("labels", "next_sentence_label")),
+        weight=lambda batch: int(batch["next_sentence_label"].numel()),
+        evaluate=None,
+    )
