@@ -51,7 +51,8 @@ def applies(x: torch.Tensor) -> bool:
 def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """Packed once per weight; a version or storage change (an in-place update,
     load_state_dict) repacks. Two threads may pack at once: the same result."""
-    key = (weight._version, weight.data_ptr())
+    # Inference tensors (made under inference_mode) cannot change in place: no version.
+    key = (0 if weight.is_inference() else weight._version, weight.data_ptr())
     entry = _packed.get(id(weight))
     if entry is None:
         weakref.finalize(weight, _packed.pop, id(weight), None)

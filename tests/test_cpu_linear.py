@@ -86,3 +86,15 @@ def test_packed_copies_do_not_travel_with_the_model(tmp_path):
     torch.save(clone.state_dict(), tmp_path / "state.pt")
     with torch.inference_mode():
         assert torch.equal(clone(ids).last_hidden_state, expected)
+
+
+@needs_onednn
+def test_a_model_made_under_inference_mode(tmp_path):
+    """Its weights are inference tensors, which keep no version counter."""
+    path, hf = random_hf_bert(tmp_path)
+    ids = torch.randint(1, 99, (2, 5))
+    with torch.inference_mode():
+        model = BertModel.from_pretrained(path).eval()
+        out = model(ids).last_hidden_state
+        ref = hf(input_ids=ids).last_hidden_state
+    assert max_abs_error(out, ref) <= 1e-5
