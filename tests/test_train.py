@@ -453,3 +453,49 @@ def test_pretrain_loss_falls_and_transformers_loads_it(capsys, tmp_path, model_d
     torch.testing.assert_close(
         actual.seq_relationship_logits, expected.seq_relationship_logits, atol=1e-4, rtol=0
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path, sentiment):
+    """gloo on the CPU; dropout 0 so that the ranks' dropout draws play no part. The weights
+    agree to float reordering of the gradient all-reduce (Adam amplifies it on tiny grads)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model = tiny_model(tmp_path / "model", dropout=0.0)
+    argv = [
+        "finetune", "--task", "classification", "--model", str(model), "--train", sentiment[0],
+        "--epochs", "1", "--learning-rate", "1e-4", "--gradient-accumulation", "2", *COMMON,
+    ]  # fmt: skip
+    assert main([*argv, "--output", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    run += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "bertfast"]
+    result = subprocess.run(
+        [*run, *argv, "--output", str(tmp_path / "two"), "--batch-size", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = load_weights(tmp_path / "one"), load_weights(tmp_path / "two")
+    start = load_file(str(model / "model.safetensors"))
+    moved = max((one[k] - start[k[5:]]).abs().max().item() for k in one if k[5:] in start)
+    differ = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"1 vs 2 processes: max weight difference {differ:.2e}, max change {moved:.2e}")
+    assert moved > 1e-4 and differ < 2e-5
+    logs = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("one", "two")]
+    assert len(logs[0]) == len(logs[1])  # rank 0 alone writes
+    losses = [json.loads(log[-1])["train_loss"] for log in logs]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
