@@ -463,9 +463,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path, sentiment):
+def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):
     """gloo on the CPU; dropout 0 so that the ranks' dropout draws play no part. The weights
-    agree to float reordering of the gradient all-reduce (Adam amplifies it on tiny grads)."""
+    agree to float reordering of the gradient all-reduce (Adam amplifies it on tiny grads).
+    58 examples: the last global batch of 8 holds 2, so rank 1 has none and steps on a
+    zero-weight stand-in."""
     import os
     import subprocess
     import sys
@@ -473,8 +475,9 @@ def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp
     from safetensors.torch import load_file
 
     model = tiny_model(tmp_path / "model", dropout=0.0)
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(58, 2))
     argv = [
-        "finetune", "--task", "classification", "--model", str(model), "--train", sentiment[0],
+        "finetune", "--task", "classification", "--model", str(model), "--train", train,
         "--epochs", "1", "--learning-rate", "1e-4", "--gradient-accumulation", "2", *COMMON,
     ]  # fmt: skip
     assert main([*argv, "--output", str(tmp_path / "one"), "--batch-size", "4"]) == 0
@@ -499,3 +502,14 @@ def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp
     assert len(logs[0]) == len(logs[1])  # rank 0 alone writes
     losses = [json.loads(log[-1])["train_loss"] for log in logs]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_a_tokenizer_bigger_than_the_model_vocabulary_is_refused(capsys, tmp_path, sentiment):
+    model = tiny_model(tmp_path / "model")
+    with (model / "vocab.txt").open("a") as f:
+        f.write("\nextra1\nextra2")
+    code, _, err = finetune(
+        capsys, "--task", "classification", "--model", str(model), "--train", sentiment[0],
+        "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2 and "do not belong together" in err, err
