@@ -513,3 +513,17 @@ def test_a_tokenizer_bigger_than_the_model_vocabulary_is_refused(capsys, tmp_pat
         "--output", str(tmp_path / "out"),
     )  # fmt: skip
     assert code == 2 and "do not belong together" in err, err
+
+
+def test_pretraining_segments_pack_consecutive_sentences(model_dir):
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train.tasks import pack_sentences
+
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    docs = [["good movie", "bad film", "the end"], ["love it"]]
+    ids = {s: tokenizer(s, add_special_tokens=False)["input_ids"] for d in docs for s in d}
+    packed = pack_sentences(docs, tokenizer, budget=4)
+    assert packed == [
+        [ids["good movie"] + ids["bad film"], ids["the end"]],
+        [ids["love it"]],
+    ]

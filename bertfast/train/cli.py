@@ -47,7 +47,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from bertfast.model_dirs import resolve_model_dir
     from bertfast.tokenizer import BertTokenizer
     from bertfast.train import tasks
-    from bertfast.train.loop import Task, init_distributed, train
+    from bertfast.train.loop import Task, close_distributed, init_distributed, train
 
     device = _device_and_backend(args)
     settings = _settings(args)
@@ -87,15 +87,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     evaluate = None
     if job.evaluate is not None:
         evaluate = job.evaluate
-    records = train(
-        model,
-        job.train_features,
-        Task(collate=job.collate, weight=job.weight, evaluate=evaluate),
-        settings,
-        dist,
-        _fingerprint(args, FINGERPRINT) | {"model": str(model_dir)},
-        save_final,
-    )
+    try:
+        records = train(
+            model,
+            job.train_features,
+            Task(collate=job.collate, weight=job.weight, evaluate=evaluate),
+            settings,
+            dist,
+            _fingerprint(args, FINGERPRINT) | {"model": str(model_dir)},
+            save_final,
+        )
+    finally:
+        close_distributed(dist)
     if dist.is_main and records and "eval" in records[-1]:
         print(" ".join(f"{k} {v:.4f}" for k, v in records[-1]["eval"].items()))
     return 0
@@ -137,7 +140,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bertfast.heads import BertForPreTraining
     from bertfast.tokenizer import BertTokenizer
     from bertfast.train import tasks
-    from bertfast.train.loop import Task, init_distributed, train
+    from bertfast.train.loop import Task, close_distributed, init_distributed, train
 
     device = _device_and_backend(args)
     settings = _settings(args)
@@ -163,15 +166,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         tokenizer.save_pretrained(args.output)
 
     fingerprint = _fingerprint(args, PRETRAIN_FINGERPRINT)
-    train(
-        model,
-        job.train_features,
-        Task(job.collate, job.weight),
-        settings,
-        dist,
-        fingerprint,
-        save_final,
-    )
+    try:
+        train(
+            model,
+            job.train_features,
+            Task(job.collate, job.weight),
+            settings,
+            dist,
+            fingerprint,
+            save_final,
+        )
+    finally:
+        close_distributed(dist)
     return 0
 
 

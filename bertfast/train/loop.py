@@ -245,6 +245,8 @@ def train(
         _set_rng_state(state["rng"])
         step, epoch_loss = state["step"], state["epoch_loss"]
     else:
+        if settings.resume and dist.is_main:
+            print(f"no checkpoint in {settings.output}: starting from step 0", file=sys.stderr)
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
     if dist.is_main and step == 0 and os.path.exists(metrics_path):
@@ -372,6 +374,12 @@ def train(
         save_final(model)
     dist.barrier()
     return records
+
+
+def close_distributed(dist: Distributed) -> None:
+    """Leave the torchrun job (torch warns at exit about a process group left open)."""
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

@@ -306,13 +306,40 @@ def read_corpus(paths: Sequence[str]) -> list[list[str]]:
     return documents
 
 
+def pack_sentences(
+    documents: Sequence[Sequence[str]], tokenizer, budget: int
+) -> list[list[list[int]]]:
+    """Each document's consecutive sentences joined into segments of at most ``budget`` tokens
+    (a longer sentence stays alone and is cut later), so that a pair [CLS] A [SEP] B [SEP]
+    fills --max-length as BERT's data does rather than holding two short sentences."""
+    flat = [s for doc in documents for s in doc]
+    encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
+    packed = []
+    for doc in documents:
+        segments: list[list[int]] = []
+        current: list[int] = []
+        for _ in doc:
+            ids = list(next(encoded))
+            if current and len(current) + len(ids) > budget:
+                segments.append(current)
+                current = []
+            current += ids
+        if current:
+            segments.append(current)
+        packed.append(segments)
+    return packed
+
+
 def prepare_pretraining(args, tokenizer, config: BertConfig, pad_id: int) -> Job:
     """Next-sentence pairs of the corpus, each masked once (static masking, as Google's
     create_pretraining_data.py does) from --seed, so that batches and resume are exact."""
     from bertfast.data import MaskedLMCollator, build_next_sentence_pairs
 
     pairs = build_next_sentence_pairs(
-        read_corpus(args.corpus), tokenizer, max_length=args.max_length, rng=args.seed
+        pack_sentences(read_corpus(args.corpus), tokenizer, (args.max_length - 3) // 2),
+        tokenizer,
+        max_length=args.max_length,
+        rng=args.seed,
     )
     collator = MaskedLMCollator(
         tokenizer,
