@@ -527,3 +527,27 @@ def test_pretraining_segments_pack_consecutive_sentences(model_dir):
         [ids["good movie"] + ids["bad film"], ids["the end"]],
         [ids["love it"]],
     ]
+
+
+def test_qa_answers_that_are_not_where_they_say_are_named(tmp_path):
+    from bertfast.train import data
+
+    row = {
+        "question": "who",
+        "context": "john lives here",
+        "answers": [{"text": "john", "answer_start": 3}],
+    }
+    path = tmp_path / "one.json"  # one JSON Lines record in a .json file is not SQuAD JSON
+    path.write_text(json.dumps(row))
+    with pytest.raises(data.DataError, match=r"one.json, line 1, field 'answers': answer 0 'john'"):
+        data.read_qa(path)
+    row["answers"][0]["answer_start"] = 0
+    path.write_text(json.dumps(row))
+    assert data.read_qa(path)[0].answers == [("john", 0)]
+    path.write_text(
+        json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": [{"question": "q"}]}]}]})
+    )
+    with pytest.raises(
+        data.DataError, match=r"data\[0\].paragraphs\[0\].qas\[0\], field 'answers'"
+    ):
+        data.read_qa(path)

@@ -314,9 +314,12 @@ def read_qa(path: str | os.PathLike) -> list[QAExample]:
         if not text.strip():
             raise DataError(f"{path}: empty file (no records)")
         try:
-            records = _squad_records(path, json.loads(text))
+            document = json.loads(text)
         except json.JSONDecodeError:
-            records = None  # not one JSON document: read it as JSON Lines
+            document = None  # not one JSON document: read it as JSON Lines
+        # A one-record JSON Lines file is one JSON document too: SQuAD's has "data".
+        if not (isinstance(document, dict) and "question" in document):
+            records = None if document is None else _squad_records(path, document)
     if records is None:
         records = read_records(path)
     examples = []
