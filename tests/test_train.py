@@ -367,6 +367,38 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(capsys, tmp_path, mode
     assert [json.loads(line)["step"] for line in log if "train_loss" in line] == [8, 12]
 
 
+def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(
+    capsys, tmp_path, model_dir, sentiment, monkeypatch
+):
+    import os
+    import signal
+
+    from bertfast.train import tasks
+
+    argv = [
+        "--task", "classification", "--model", str(model_dir), "--train", sentiment[0],
+        "--epochs", "1", "--batch-size", "8", "--learning-rate", "1e-2",
+    ]  # fmt: skip
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert finetune(capsys, *argv, "--output", str(whole))[0] == 0
+    calls, pad_batch = [], tasks.pad_batch
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # while building step 3's batch
+            os.kill(os.getpid(), signal.SIGINT)
+        return pad_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "pad_batch", interrupting)
+    code, _, err = finetune(capsys, *argv, "--output", str(parts))
+    assert code == 130 and "interrupted: checkpoint at step 3 of 8" in err, err
+    monkeypatch.setattr(tasks, "pad_batch", pad_batch)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert finetune(capsys, *argv, "--output", str(parts), "--resume")[0] == 0
+    expected, actual = load_weights(whole), load_weights(parts)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
 def test_a_checkpoint_write_that_dies_leaves_the_last_one(tmp_path, monkeypatch):
     from bertfast.train import loop
 

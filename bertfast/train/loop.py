@@ -15,7 +15,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -286,85 +288,93 @@ def train(
     order = None
     started, tokens_seen = time.perf_counter(), 0
     stop_at = total_steps if settings.stop_after_steps is None else settings.stop_after_steps
-    while step < min(total_steps, stop_at):
-        epoch, position = divmod(step, steps_per_epoch)
-        if order is None or position == 0:
-            order = torch.randperm(
-                n, generator=torch.Generator().manual_seed(settings.seed + epoch)
-            )
-        ddp.train()
-        chosen = order[position * global_batch : (position + 1) * global_batch].tolist()
-        micro = [
-            chosen[(k * dist.world_size + r) * settings.batch_size :][: settings.batch_size]
-            for k in range(settings.accumulation)
-            for r in range(dist.world_size)
-        ]
-        batches = [task.collate([features[i] for i in m]) if m else None for m in micro]
-        total_weight = sum(task.weight(b) for b in batches if b is not None)
-        step_loss = 0.0
-        for k in range(settings.accumulation):
-            index = k * dist.world_size + dist.rank
-            batch = batches[index]
-            weight = task.weight(batch) if batch is not None else 0
-            if batch is None:  # this rank's share ran out: a zero-weight stand-in keeps DDP
-                batch = task.collate([features[chosen[0]]])
-            batch = {key: v.to(device) for key, v in batch.items()}
-            syncing = k == settings.accumulation - 1 or dist.world_size == 1
-            context = ddp.no_sync() if not syncing and dist.world_size > 1 else _null()
-            with context:
-                with torch.autocast(
-                    device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                ):
-                    out = ddp(**batch) if weight else None
-                    if out is not None:
-                        loss = out.loss.float()
-                    else:
-                        inputs = {key: v for key, v in batch.items() if key in INPUT_KEYS}
-                        outputs = ddp(**inputs).to_tuple()
-                        tensors = [t for t in outputs if isinstance(t, torch.Tensor)]
-                        loss = sum(t.float().sum() for t in tensors) * 0.0
-                # DDP averages gradients over ranks: scale by world size to get the sum.
-                share = weight * dist.world_size / max(total_weight, 1)
-                scaler.scale(loss * share).backward()
-            step_loss += loss.item() * weight / max(total_weight, 1)
-            tokens_seen += task.tokens(batch)
-        if dist.world_size > 1:
-            summed = torch.tensor([step_loss], device=device)
-            torch.distributed.all_reduce(summed)
-            step_loss = summed.item()
-        scaler.unscale_(optimizer)
-        if settings.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        epoch_loss = [epoch_loss[0] + step_loss, epoch_loss[1] + 1]
-        rate = tokens_seen * dist.world_size / max(time.perf_counter() - started, 1e-9)
-        progress.update(step, step_loss, lr, rate)
-        if step % settings.log_steps == 0:
-            log({"step": step, "epoch": epoch + 1, "loss": step_loss, "learning_rate": lr})
-        epoch_done = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_done:
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": epoch_loss[0] / max(epoch_loss[1], 1),
-            }
-            epoch_loss = [0.0, 0]
-            if task.evaluate is not None:
-                if dist.is_main:
-                    model.eval()
-                    with torch.no_grad():
-                        record["eval"] = task.evaluate(model)
-                dist.barrier()
-            records.append(record)
-            log(record)
-            progress.message(json.dumps(record))
-        if epoch_done or (settings.save_steps and step % settings.save_steps == 0):
-            checkpoint()
+    interrupted = CtrlC()
+    with interrupted:  # Ctrl-C finishes the step, writes the checkpoint, then stops
+        while step < min(total_steps, stop_at):
+            epoch, position = divmod(step, steps_per_epoch)
+            if order is None or position == 0:
+                order = torch.randperm(
+                    n, generator=torch.Generator().manual_seed(settings.seed + epoch)
+                )
+            ddp.train()
+            chosen = order[position * global_batch : (position + 1) * global_batch].tolist()
+            micro = [
+                chosen[(k * dist.world_size + r) * settings.batch_size :][: settings.batch_size]
+                for k in range(settings.accumulation)
+                for r in range(dist.world_size)
+            ]
+            batches = [task.collate([features[i] for i in m]) if m else None for m in micro]
+            total_weight = sum(task.weight(b) for b in batches if b is not None)
+            step_loss = 0.0
+            for k in range(settings.accumulation):
+                index = k * dist.world_size + dist.rank
+                batch = batches[index]
+                weight = task.weight(batch) if batch is not None else 0
+                if batch is None:  # this rank's share ran out: a zero-weight stand-in keeps DDP
+                    batch = task.collate([features[chosen[0]]])
+                batch = {key: v.to(device) for key, v in batch.items()}
+                syncing = k == settings.accumulation - 1 or dist.world_size == 1
+                context = ddp.no_sync() if not syncing and dist.world_size > 1 else _null()
+                with context:
+                    with torch.autocast(
+                        device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                    ):
+                        out = ddp(**batch) if weight else None
+                        if out is not None:
+                            loss = out.loss.float()
+                        else:
+                            inputs = {key: v for key, v in batch.items() if key in INPUT_KEYS}
+                            outputs = ddp(**inputs).to_tuple()
+                            tensors = [t for t in outputs if isinstance(t, torch.Tensor)]
+                            loss = sum(t.float().sum() for t in tensors) * 0.0
+                    # DDP averages gradients over ranks: scale by world size to get the sum.
+                    share = weight * dist.world_size / max(total_weight, 1)
+                    scaler.scale(loss * share).backward()
+                step_loss += loss.item() * weight / max(total_weight, 1)
+                tokens_seen += task.tokens(batch)
+            if dist.world_size > 1:
+                summed = torch.tensor([step_loss], device=device)
+                torch.distributed.all_reduce(summed)
+                step_loss = summed.item()
+            scaler.unscale_(optimizer)
+            if settings.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            epoch_loss = [epoch_loss[0] + step_loss, epoch_loss[1] + 1]
+            rate = tokens_seen * dist.world_size / max(time.perf_counter() - started, 1e-9)
+            progress.update(step, step_loss, lr, rate)
+            if step % settings.log_steps == 0:
+                log({"step": step, "epoch": epoch + 1, "loss": step_loss, "learning_rate": lr})
+            epoch_done = step % steps_per_epoch == 0 or step == total_steps
+            if epoch_done:
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": epoch_loss[0] / max(epoch_loss[1], 1),
+                }
+                epoch_loss = [0.0, 0]
+                if task.evaluate is not None:
+                    if dist.is_main:
+                        model.eval()
+                        with torch.no_grad():
+                            record["eval"] = task.evaluate(model)
+                    dist.barrier()
+                records.append(record)
+                log(record)
+                progress.message(json.dumps(record))
+            if epoch_done or (settings.save_steps and step % settings.save_steps == 0):
+                checkpoint()
+            if interrupted.agreed(dist, device):
+                checkpoint()
+                progress.message(
+                    f"interrupted: checkpoint at step {step} of {total_steps}; --resume continues"
+                )
+                raise KeyboardInterrupt
     if step < total_steps:
         checkpoint()
         progress.message(f"stopped at step {step} of {total_steps}; --resume continues")
@@ -383,6 +393,37 @@ def close_distributed(dist: Distributed) -> None:
 
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class CtrlC:
+    """While active, the first SIGINT only sets a flag (the loop stops after the step, with a
+    checkpoint); a second one interrupts at once. Inactive off the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def agreed(self, dist: Distributed, device: torch.device) -> bool:
+        """Whether any rank was interrupted (all ranks stop at the same step)."""
+        if dist.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class _null:
