@@ -264,6 +264,10 @@ def test_ner_end_to_end(capsys, tmp_path, model_dir):
     with torch.no_grad():
         again = tasks.ner_metrics(model, features, examples, model.config.id2label, 0, 5)
     assert again == pytest.approx(logged)
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(out_dir).eval()
+    ids = torch.tensor([features[0].input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
     assert features[0].targets["labels"][0] == -100  # [CLS]
     smiths = next(f for f, e in zip(features, examples) if "smiths" in e.tokens)
     assert -100 in smiths.targets["labels"][1:-1]  # the ##s piece
@@ -333,6 +337,10 @@ def test_qa_end_to_end_with_squad_json_and_windows(capsys, tmp_path, model_dir):
         predictions = tasks.qa_predictions(model, features, examples, 0, 7, 30)
     gold = [[t for t, _ in e.answers] for e in examples]
     assert metrics.squad_scores(predictions, gold) == pytest.approx(logged)
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(out_dir).eval()
+    ids = torch.tensor([features[0].input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).start_logits, hf(ids).start_logits, atol=1e-4, rtol=0)
     answer = pipeline("question-answering", model=str(out_dir), backend="torch")(
         question="who lives in london", context=examples[0].context
     )
