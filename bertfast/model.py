@@ -480,16 +480,16 @@ class BertModel(nn.Module):
             # Training runs these ops on the backend (fused epilogues are off in training).
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
-            dropout = [
-                f"{name}={getattr(self.config, name)}"
-                for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")
-                if getattr(self.config, name) > 0
-            ]
+            # Hidden dropout runs as torch ops around the kernels (after the embedding kernel,
+            # before the residual LayerNorm kernel, which then takes no bias); the attention
+            # probabilities live only inside the attention kernel.
+            attention_dropout = self.config.attention_probs_dropout_prob
             reasons = []
-            if dropout:
+            if attention_dropout > 0:
                 reasons.append(
-                    f"dropout inside the kernels is not implemented ({', '.join(dropout)}; "
-                    "set both to 0)"
+                    "dropout on the attention probabilities is not implemented inside the "
+                    f"attention kernel (attention_probs_dropout_prob={attention_dropout}; set "
+                    "it to 0, hidden_dropout_prob may stay)"
                 )
             if lacking:
                 names = ", ".join(repr(op) for op in lacking)

@@ -1,4 +1,4 @@
-"""Training a model on the Triton backend (dropout 0): gradients of every parameter against the
+"""Training a model on the Triton backend (attention dropout 0): gradients of every parameter against the
 torch backend and transformers, optimizer steps in lockstep; what is still refused names the
 setting or op that lacks a backward."""
 
@@ -78,10 +78,35 @@ def test_training_refusal_names_dropout(tmp_path):
     with pytest.raises(NotImplementedError) as refused:
         model(torch.randint(1, 99, (1, 4)))
     assert str(refused.value) == (
-        "cannot train on backend='triton': dropout inside the kernels is not implemented "
-        "(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1; set both to 0); "
-        "train with backend='torch'"
+        "cannot train on backend='triton': dropout on the attention probabilities is not "
+        "implemented inside the attention kernel (attention_probs_dropout_prob=0.1; set it to "
+        "0, hidden_dropout_prob may stay); train with backend='torch'"
     )
+
+
+def test_hidden_dropout_trains_as_on_the_torch_backend(tmp_path):
+    """Hidden dropout (0.1) runs as torch ops around the kernels: with the same seed and a
+    batch without padding (the packed and padded layouts then draw the same masks), loss and
+    every gradient equal the torch backend's; a second seed gives other masks."""
+    path, _ = random_hf_bert(tmp_path, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0)
+    models = [BertModel.from_pretrained(path, backend=b).train() for b in ("triton", "torch")]
+    ids = torch.randint(1, 99, (3, 11))
+    weights = torch.linspace(-1, 1, models[0].config.hidden_size)
+    results = []
+    for model in models:
+        torch.manual_seed(7)
+        model.zero_grad()
+        out = model(ids)
+        loss = (out.last_hidden_state * weights).sum() + out.pooler_output.square().sum()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss, grads), (torch_loss, torch_grads) = results
+    assert_close(loss, torch_loss, atol=1e-4, rtol=1e-5, what="loss")
+    for name, expected in torch_grads.items():
+        assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=name)
+    torch.manual_seed(8)
+    other = models[0](ids)
+    assert not torch.allclose(other.last_hidden_state, models[0](ids).last_hidden_state)
 
 
 def test_eval_mode_backward_through_a_kernel_without_one_is_refused(tmp_path):
