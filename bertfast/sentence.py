@@ -503,7 +503,7 @@ class SentenceEncoder:
             return self.prompts[self.default_prompt_name]
         return None
 
-    def _prompt_length(self, prompt: str) -> int:
+    def prompt_length(self, prompt: str) -> int:
         """Tokens of the prompt with CLS, without its trailing SEP (what pooling may exclude)."""
         if prompt not in self._prompt_lengths:
             ids = self.tokenizer(prompt, truncation=True, max_length=self.max_seq_length)
@@ -544,7 +544,7 @@ class SentenceEncoder:
             if convert_to_tensor:
                 return torch.tensor([], device=self.device)
             return np.array([]) if convert_to_numpy else []
-        prompt_length = self._prompt_length(prompt) if prompt else None
+        prompt_length = self.prompt_length(prompt) if prompt else None
         # Longest first, as sentence-transformers does, so each batch pads little.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         batches = range(0, len(texts), batch_size)

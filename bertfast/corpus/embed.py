@@ -325,7 +325,7 @@ class CorpusEmbedder:
         name = self.encoder.default_prompt_name
         self.prompt = self.encoder.prompts[name] if name is not None else None
         # Pooling may leave the prompt out: its length, as SentenceEncoder.encode counts it.
-        self.prompt_length = self.encoder._prompt_length(self.prompt) if self.prompt else None
+        self.prompt_length = self.encoder.prompt_length(self.prompt) if self.prompt else None
         self.out_dir = Path(options.output)
         self.pin = self.encoder.device.type == "cuda"
         self.max_padding = MAX_PADDING if self.encoder.model.backend == "torch" else 1.0
