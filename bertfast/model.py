@@ -480,17 +480,10 @@ class BertModel(nn.Module):
             # Training runs these ops on the backend (fused epilogues are off in training).
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
-            # Hidden dropout runs as torch ops around the kernels (after the embedding kernel,
-            # before the residual LayerNorm kernel, which then takes no bias); the attention
-            # probabilities live only inside the attention kernel.
-            attention_dropout = self.config.attention_probs_dropout_prob
+            # Dropout: hidden dropout runs as torch ops around the kernels (after the embedding
+            # kernel, before the residual LayerNorm kernel, which then takes no bias); the
+            # attention probabilities' dropout inside the attention kernel (a Philox mask).
             reasons = []
-            if attention_dropout > 0:
-                reasons.append(
-                    "dropout on the attention probabilities is not implemented inside the "
-                    f"attention kernel (attention_probs_dropout_prob={attention_dropout}; set "
-                    "it to 0, hidden_dropout_prob may stay)"
-                )
             if lacking:
                 names = ", ".join(repr(op) for op in lacking)
                 verb = "has" if len(lacking) == 1 else "have"

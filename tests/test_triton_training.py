@@ -1,4 +1,4 @@
-"""Training a model on the Triton backend (attention dropout 0): gradients of every parameter against the
+"""Training a model on the Triton backend (dropout 0 unless said): gradients of every parameter against the
 torch backend and transformers, optimizer steps in lockstep; what is still refused names the
 setting or op that lacks a backward."""
 
@@ -72,15 +72,33 @@ def test_optimizer_steps_match_the_torch_backend(tmp_path):
         assert_close(ours, theirs, atol=1e-4, rtol=1e-5, what=f"{name} after 3 steps")
 
 
-def test_training_refusal_names_dropout(tmp_path):
-    path, _ = random_hf_bert(tmp_path)  # dropout 0.1 as transformers' default
+def test_bert_dropout_trains_and_the_refusal_names_what_lacks_a_backward(tmp_path, monkeypatch):
+    """transformers' default dropout (0.1 hidden and attention) trains on Triton: the same seed
+    gives the same loss and gradients, another seed another loss; an op without a backward on
+    the backend is named in the refusal."""
+    path, _ = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="triton").train()
+    ids = torch.randint(1, 99, (2, 6))
+
+    def step(seed):
+        torch.manual_seed(seed)
+        model.zero_grad()
+        loss = model(ids).last_hidden_state.square().mean()
+        loss.backward()
+        return loss.detach(), model.layers[0].qkv.weight.grad.clone()
+
+    (loss, grad), (again, grad_again), (other, _) = step(1), step(1), step(2)
+    assert torch.equal(loss, again) and torch.equal(grad, grad_again)
+    assert not torch.equal(loss, other) and grad.abs().sum() > 0
+    from bertfast import ops
+
+    monkeypatch.setitem(ops.KERNEL_BACKWARD_OPS, "triton", ("bias_gelu",))
     with pytest.raises(NotImplementedError) as refused:
-        model(torch.randint(1, 99, (1, 4)))
+        model(ids)
     assert str(refused.value) == (
-        "cannot train on backend='triton': dropout on the attention probabilities is not "
-        "implemented inside the attention kernel (attention_probs_dropout_prob=0.1; set it to "
-        "0, hidden_dropout_prob may stay); train with backend='torch'"
+        "cannot train on backend='triton': the triton kernels 'embedding_layer_norm', "
+        "'attention', 'bias_residual_layer_norm' have no backward pass; train with "
+        "backend='torch'"
     )
 
 

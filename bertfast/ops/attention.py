@@ -198,18 +198,23 @@ def _attention_with_lse_op(
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward of training: (out, lse), lse the (heads, rows) fp32 log-sum-exp the backward
-    recomputes the probabilities from (rows: tokens packed, batch * seq padded)."""
+    recomputes the probabilities from (rows: tokens packed, batch * seq padded); with
+    ``dropout_p`` the probabilities are dropped by a mask drawn from ``seed``."""
     from bertfast.ops import get_backward
 
     get_backward("attention", backend)  # a backend without a backward says so here
     module = importlib.import_module(f"bertfast.{backend}.attention")
-    return module.launch_with_lse(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen)
+    return module.launch_with_lse(
+        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, seed
+    )
 
 
 @_attention_with_lse_op.register_fake
-def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend, dropout_p=0.0, seed=0):
     rows = qkv.shape[0] if cu_seqlens is not None else qkv.shape[0] * qkv.shape[1]
     out = qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
     return out, qkv.new_empty(num_heads, rows, dtype=torch.float32)
@@ -226,36 +231,40 @@ def _attention_backward_op(
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> torch.Tensor:
     """dqkv, laid out as qkv (contiguous)."""
     from bertfast.ops import get_backward
 
     return get_backward("attention", backend)(
-        grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen
+        grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, seed
     )
 
 
 @_attention_backward_op.register_fake
-def _(grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend):
+def _(grad, qkv, out, lse, num_heads, mask, cu_seqlens, max_seqlen, backend, p=0.0, seed=0):
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
 def _setup_attention_context(ctx, inputs, output):
-    qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend = inputs
+    qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend, dropout_p, seed = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
-    # No score or probability matrix is kept: q, k, v, the output and one float per row/head.
+    # No score, probability or dropout matrix is kept: q, k, v, the output, one float per
+    # row and head, and the seed the backward draws the dropout mask from again.
     ctx.save_for_backward(qkv, out, lse, key_padding_mask, cu_seqlens)
     ctx.num_heads, ctx.max_seqlen, ctx.backend = num_heads, max_seqlen, backend
+    ctx.dropout_p, ctx.seed = dropout_p, seed
 
 
 def _attention_backward(ctx, grad, grad_lse):
     qkv, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
     dqkv = _attention_backward_op(
         grad, qkv, out, lse, ctx.num_heads, key_padding_mask, cu_seqlens, ctx.max_seqlen,
-        ctx.backend,
+        ctx.backend, ctx.dropout_p, ctx.seed,
     )  # fmt: skip
-    return dqkv, None, None, None, None, None
+    return dqkv, None, None, None, None, None, None, None
 
 
 _attention_with_lse_op.register_autograd(
@@ -300,10 +309,20 @@ def attention(
             qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p
         )
     if dropout_p:
-        raise NotImplementedError(
-            f"attention dropout (p={dropout_p}) runs on the torch backend only; "
-            f"the {backend} kernels are for inference (call model.eval())"
-        )
+        from bertfast.ops import KERNEL_BACKWARD_OPS
+
+        if "attention" not in KERNEL_BACKWARD_OPS.get(backend, ()):
+            raise NotImplementedError(
+                f"attention dropout (p={dropout_p}) runs on the torch and triton backends; "
+                f"the {backend} kernels are for inference (call model.eval())"
+            )
+        if not 0 < dropout_p < 1:
+            raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+        # The mask's seed comes from torch's CPU generator (torch.manual_seed governs it; no
+        # device sync); the backward draws the same mask from it again.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        args = (qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
+        return _attention_with_lse_op(*args, float(dropout_p), seed)[0]
     from bertfast.ops import run_kernel
 
     return run_kernel(

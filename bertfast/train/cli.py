@@ -283,7 +283,7 @@ def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: floa
         "--backend",
         default="torch",
         choices=("torch", "triton"),
-        help="kernels to train on; triton needs attention_probs_dropout_prob 0 in the config",
+        help="kernels to train on (triton: the fused kernels, dropout included)",
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if torch sees one)"

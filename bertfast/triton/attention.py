@@ -26,6 +26,15 @@ LOG2_E = 1.4426950408889634
 
 
 @triton.jit
+def _dropout_keep(seed, dropout_p, rng_stride, batch_head, offs_m, offs_n):
+    """Which (query, key) probabilities survive dropout: Philox numbers from the seed and each
+    pair's number (sequence and head, query row, key column), so the backward regenerates the
+    forward's mask without storing it."""
+    pair = (batch_head * rng_stride + offs_m[:, None]) * rng_stride + offs_n[None, :]
+    return tl.rand(seed, pair) >= dropout_p
+
+
+@triton.jit
 def _attention_kernel(
     out_ptr,  # padded: (batch, seq, hidden); packed: (tokens, hidden); last dim contiguous
     qkv_ptr,  # padded: (batch, seq, 3 * hidden); packed: (tokens, 3 * hidden); [q | k | v]
@@ -43,6 +52,9 @@ def _attention_kernel(
     lse_ptr,  # with STORE_LSE: (heads, rows) fp32, rows = tokens (packed) or batch * seq
     stride_lse_head,
     stride_lse_batch,  # seq_len when padded, 0 when packed
+    seed,  # with HAS_DROPOUT: Philox seed of this call's dropout mask
+    dropout_p,  # with HAS_DROPOUT: probability of dropping an attention probability
+    rng_stride,  # with HAS_DROPOUT: the longest sequence, to number (query, key) pairs
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -50,6 +62,7 @@ def _attention_kernel(
     HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
     STORE_LSE: tl.constexpr = False,
+    HAS_DROPOUT: tl.constexpr = False,
 ):
     # (batch * heads) on axis 0, whose limit is 2**31 - 1; axis 1 is capped at 65535.
     batch_head = tl.program_id(0)
@@ -92,7 +105,10 @@ def _attention_kernel(
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(scores - m_shift[:, None])
         alpha = tl.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)  # the softmax normalises before dropout
+        if HAS_DROPOUT:
+            kept = _dropout_keep(seed, dropout_p, rng_stride, batch_head, offs_m, offs_kv)
+            p = tl.where(kept, p / (1.0 - dropout_p), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -167,17 +183,33 @@ def launch_with_lse(
     key_padding_mask: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward of training: (out, lse), lse the (heads, rows) fp32 base-2 log-sum-exp of
     each query row's scaled scores (rows = tokens packed, batch * seq padded; +inf for a row
-    with no real key), which the backward recomputes the probabilities from."""
+    with no real key), which the backward recomputes the probabilities from. With
+    ``dropout_p``, the probabilities are dropped (and the kept ones scaled by 1 / (1 - p))
+    by a mask drawn from ``seed``, which the backward draws again."""
     rows = qkv.shape[0] if cu_seqlens is not None else qkv.shape[0] * qkv.shape[1]
     lse = torch.full((num_heads, rows), float("inf"), dtype=torch.float32, device=qkv.device)
-    out = _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, None, lse)
+    out = _launch(
+        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, None, lse, dropout_p, seed
+    )
     return out, lse
 
 
-def _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, block_config, lse=None):
+def _launch(
+    qkv,
+    num_heads,
+    key_padding_mask,
+    cu_seqlens,
+    max_seqlen,
+    block_config,
+    lse=None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+):
     hidden = qkv.shape[-1] // 3
     head_dim = hidden // num_heads
     packed = cu_seqlens is not None
@@ -212,6 +244,9 @@ def _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, block_conf
         lse if lse is not None else qkv,
         lse.stride(0) if lse is not None else 0,
         seq_len,
+        seed,
+        float(dropout_p),
+        longest,
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
@@ -219,6 +254,7 @@ def _launch(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, block_conf
         HAS_MASK=mask is not None,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         STORE_LSE=lse is not None,
+        HAS_DROPOUT=dropout_p > 0,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -247,12 +283,16 @@ def _attention_backward_dkdv_kernel(
     hidden,
     qk_scale,  # 1/sqrt(head_dim) * log2(e)
     sm_scale,  # 1/sqrt(head_dim)
+    seed,  # with HAS_DROPOUT: the forward's seed, dropout probability and rng stride
+    dropout_p,
+    rng_stride,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PACKED: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """One program: one block of keys of one head of one sequence; loops over the queries."""
     batch_head = tl.program_id(0)
@@ -303,8 +343,18 @@ def _attention_backward_dkdv_kernel(
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.exp2(scores - lse[:, None])
         p = tl.where(in_seq[:, None] & valid[None, :], p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if HAS_DROPOUT:
+            # out = (P * Z) V with Z the kept mask over (1 - p): dV = (P * Z)^T dO and the
+            # gradient reaching P is Z * (dO V^T).
+            kept = _dropout_keep(seed, dropout_p, rng_stride, batch_head, offs_m, offs_n)
+            scale = 1.0 / (1.0 - dropout_p)
+            dv += tl.dot(
+                tl.trans(tl.where(kept, p * scale, 0.0).to(do.dtype)), do, input_precision=PRECISION
+            )
+            dp = tl.where(kept, dp * scale, 0.0)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     dk *= sm_scale
@@ -337,12 +387,16 @@ def _attention_backward_dq_kernel(
     hidden,
     qk_scale,
     sm_scale,
+    seed,
+    dropout_p,
+    rng_stride,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PACKED: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """One program: one block of queries of one head of one sequence; loops over the keys."""
     batch_head = tl.program_id(0)
@@ -388,6 +442,9 @@ def _attention_backward_dq_kernel(
         p = tl.exp2(scores - lse[:, None])
         p = tl.where(valid[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if HAS_DROPOUT:
+            kept = _dropout_keep(seed, dropout_p, rng_stride, batch_head, offs_m, offs_kv)
+            dp = tl.where(kept, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq *= sm_scale
@@ -417,6 +474,8 @@ def launch_backward(
     key_padding_mask: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     max_seqlen: int | None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> torch.Tensor:
     """dqkv, laid out as qkv, for the output's gradient ``grad``: the probabilities recomputed
     from the forward's log-sum-exp, dk and dv in one kernel (a program per key block), dq in
@@ -463,6 +522,9 @@ def launch_backward(
         hidden,
         LOG2_E / math.sqrt(head_dim),
         1.0 / math.sqrt(head_dim),
+        seed,
+        float(dropout_p),
+        longest,
     )
     meta = dict(
         HEAD_DIM=head_dim,
@@ -471,6 +533,7 @@ def launch_backward(
         PACKED=packed,
         HAS_MASK=mask is not None,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+        HAS_DROPOUT=dropout_p > 0,
         num_warps=num_warps,
         num_stages=num_stages,
     )
