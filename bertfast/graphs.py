@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bertfast.model import BertModel, BertModelOutput, PackedBatch
+from bertfast.model import BertModel, BertModelOutput, PackedBatch, real_token_indices
 
 # capture(fn) runs fn once while recording it and returns a replay function.
 Capture = Callable[[Callable[[], None]], Callable[[], None]]
@@ -235,7 +235,8 @@ class PackedGraphs:
         cu_host = offsets + [total] * (sequences - batch)
         first_host = [min(o, tokens - 1) for o in cu_host[:-1]]
         host = torch.tensor(cu_host + first_host, dtype=torch.long)
-        packed = PackedBatch.from_mask(prepared.mask, lengths) if prepared.has_padding else None
+        # The real tokens' positions; the offsets are the host ones above (no second copy).
+        indices = real_token_indices(prepared.mask, total) if prepared.has_padding else None
         with self._lock:
             cap = self._graph_for(key)
             for static, source in (
@@ -244,20 +245,19 @@ class PackedGraphs:
                 (cap.position_ids, prepared.position_ids),
             ):
                 flat = source.reshape(-1)
-                if packed is None:
+                if indices is None:
                     static[:total].copy_(flat)
                 else:
-                    torch.index_select(flat, 0, packed.indices, out=static[:total])
+                    torch.index_select(flat, 0, indices, out=static[:total])
             device_host = host.to(ids.device, non_blocking=True)
             cap.cu_seqlens.copy_(device_host[: sequences + 1])
             cap.first_tokens.copy_(device_host[sequences + 1 :])
             cap.replay()
             self.replays += 1
-            hidden = cap.outputs["hidden"][:total]
-            if packed is None:
-                out = hidden.reshape(batch, seq, -1).clone()
-            else:
-                out = packed.unpack(hidden)
+            packing = PackedBatch(indices, cap.cu_seqlens[: batch + 1], longest, batch, seq)
+            out = packing.unpack(cap.outputs["hidden"][:total])
+            if indices is None:
+                out = out.clone()  # else a view of the graph's buffer, which the next replay writes
             pooled = cap.outputs.get("pooled")
             pooled = None if pooled is None else pooled[:batch].clone()
         return out, pooled

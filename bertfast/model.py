@@ -348,9 +348,9 @@ def prepare_inputs(
     low, high = torch.aminmax(stacked, dim=1)
     stats = [low, high]
     if am is not None:
-        mask = am != 0
-        flags = [((am != 0) & (am != 1)).any(), (~mask).any(), (~mask[:, 0]).any()]
-        stats += [torch.stack(flags).long(), mask.sum(dim=1)]
+        real = am != 0
+        flags = [(real & (am != 1)).any(), (~real).any(), (~real[:, 0]).any()]
+        stats += [torch.stack(flags).long(), real.sum(dim=1)]
     values = torch.cat(stats).tolist()
     limits = (
         ("input_ids", config.vocab_size, "vocab_size"),
@@ -371,7 +371,7 @@ def prepare_inputs(
             raise ValueError("attention_mask must hold only 0 and 1 (or True/False)")
         has_padding, first_padded = bool(values[7]), bool(values[8])
         lengths = values[9:]
-        mask = (am != 0).to(device)
+        mask = real.to(device)
     input_ids, token_type_ids, position_ids = (
         t.to(device) for t in (input_ids, token_type_ids, position_ids)
     )
