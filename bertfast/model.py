@@ -166,15 +166,13 @@ class BertLayer(nn.Module):
     def _residual_norm(
         self, x, linear: nn.Linear, residual, norm: nn.LayerNorm, backend: str, validate: bool
     ):
-        if self.training and self.dropout.p > 0:
-            # Dropout sits between the bias and the residual, so the bias cannot be fused here.
-            x = self.dropout(x + linear.bias)
-            bias = None
-        else:
-            bias = linear.bias
+        # The hidden dropout sits between the bias and the residual: the op applies it (inside
+        # the kernel on Triton, the mask drawn again in its backward).
+        dropout_p = self.dropout.p if self.training else 0.0
         return ops.bias_residual_layer_norm(
-            x, bias, residual, norm.weight, norm.bias, norm.eps, backend=backend, validate=validate
-        )
+            x, linear.bias, residual, norm.weight, norm.bias, norm.eps,
+            backend=backend, validate=validate, dropout_p=dropout_p,
+        )  # fmt: skip
 
     def forward(
         self,
@@ -480,9 +478,8 @@ class BertModel(nn.Module):
             # Training runs these ops on the backend (fused epilogues are off in training).
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
-            # Dropout: hidden dropout runs as torch ops around the kernels (after the embedding
-            # kernel, before the residual LayerNorm kernel, which then takes no bias); the
-            # attention probabilities' dropout inside the attention kernel (a Philox mask).
+            # Dropout runs inside the residual LayerNorm and attention kernels (Philox masks
+            # drawn again by their backwards); after the embedding kernel as a torch op.
             reasons = []
             if lacking:
                 names = ", ".join(repr(op) for op in lacking)

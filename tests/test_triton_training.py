@@ -102,29 +102,56 @@ def test_bert_dropout_trains_and_the_refusal_names_what_lacks_a_backward(tmp_pat
     )
 
 
-def test_hidden_dropout_trains_as_on_the_torch_backend(tmp_path):
-    """Hidden dropout (0.1) runs as torch ops around the kernels: with the same seed and a
-    batch without padding (the packed and padded layouts then draw the same masks), loss and
-    every gradient equal the torch backend's; a second seed gives other masks."""
+def test_hidden_dropout_inside_the_kernel_trains_a_layer_as_torch_ops_with_its_masks(
+    tmp_path, monkeypatch
+):
+    """Hidden dropout (0.1) runs inside the residual LayerNorm kernel, the bias still fused:
+    a layer's output and the gradient of its input and every parameter equal plain torch ops
+    (F.linear, the attention reference, GELU, LayerNorm) with the masks the kernel draws from
+    the seeds it took; two sub-layers take two seeds."""
+    import importlib
+
+    import torch.nn.functional as F
+
+    from bertfast import ops
+    from bertfast.triton.bias_residual_layer_norm import dropout_mask
+
+    op_module = importlib.import_module("bertfast.ops.bias_residual_layer_norm")
+    seeds = []
+    real_draw = op_module.draw_seed
+    monkeypatch.setattr(op_module, "draw_seed", lambda: seeds.append(real_draw()) or seeds[-1])
     path, _ = random_hf_bert(tmp_path, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0)
-    models = [BertModel.from_pretrained(path, backend=b).train() for b in ("triton", "torch")]
-    ids = torch.randint(1, 99, (3, 11))
-    weights = torch.linspace(-1, 1, models[0].config.hidden_size)
-    results = []
-    for model in models:
-        torch.manual_seed(7)
-        model.zero_grad()
-        out = model(ids)
-        loss = (out.last_hidden_state * weights).sum() + out.pooler_output.square().sum()
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss, grads), (torch_loss, torch_grads) = results
-    assert_close(loss, torch_loss, atol=1e-4, rtol=1e-5, what="loss")
-    for name, expected in torch_grads.items():
-        assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=name)
-    torch.manual_seed(8)
-    other = models[0](ids)
-    assert not torch.allclose(other.last_hidden_state, models[0](ids).last_hidden_state)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    layer = model.layers[0]
+    hidden = torch.randn(3, 11, model.config.hidden_size, requires_grad=True)
+    out = layer(hidden, "triton")
+    weights = torch.randn(out.shape)
+    params = [hidden, *layer.parameters()]
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    assert len(seeds) == 2
+
+    p, eps = 0.1, layer.attention_norm.eps
+
+    def dropped(x, seed):
+        kept = dropout_mask(x.shape, p, int(seed), x.device)
+        return torch.where(kept, x / (1 - p), 0.0)
+
+    def norm(x, ln):
+        return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, eps)
+
+    qkv = F.linear(hidden, layer.qkv.weight, layer.qkv.bias)
+    context = ops.attention_reference(qkv, layer.num_heads)
+    attn = F.linear(context, layer.attention_output.weight, layer.attention_output.bias)
+    mid = norm(dropped(attn, seeds[0]) + hidden, layer.attention_norm)
+    inter = F.gelu(F.linear(mid, layer.intermediate.weight, layer.intermediate.bias))
+    ffn = F.linear(inter, layer.output.weight, layer.output.bias)
+    expected = norm(dropped(ffn, seeds[1]) + mid, layer.output_norm)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), params)
+    assert_close(out, expected, atol=2e-5, rtol=1e-5, what="layer output")
+    names = ["input", *(n for n, _ in layer.named_parameters())]
+    for name, g, e in zip(names, grads, expected_grads):
+        assert_close(g, e, atol=1e-4, rtol=1e-4, what=f"d{name}")
+    assert (grads[0] != 0).all()  # every input element gets a gradient through the residual
 
 
 def test_eval_mode_backward_through_a_kernel_without_one_is_refused(tmp_path):

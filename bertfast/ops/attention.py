@@ -35,6 +35,7 @@ from bertfast.ops._checks import (
     check_kernel_device,
     check_kernel_tensor,
 )
+from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
 
 
 def _padded_reference(
@@ -199,7 +200,7 @@ def _attention_with_lse_op(
     max_seqlen: int | None,
     backend: str,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward of training: (out, lse), lse the (heads, rows) fp32 log-sum-exp the backward
     recomputes the probabilities from (rows: tokens packed, batch * seq padded); with
@@ -209,12 +210,12 @@ def _attention_with_lse_op(
     get_backward("attention", backend)  # a backend without a backward says so here
     module = importlib.import_module(f"bertfast.{backend}.attention")
     return module.launch_with_lse(
-        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, seed
+        qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, seed_value(seed)
     )
 
 
 @_attention_with_lse_op.register_fake
-def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend, dropout_p=0.0, seed=0):
+def _(qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend, dropout_p=0.0, seed=None):
     rows = qkv.shape[0] if cu_seqlens is not None else qkv.shape[0] * qkv.shape[1]
     out = qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
     return out, qkv.new_empty(num_heads, rows, dtype=torch.float32)
@@ -232,18 +233,19 @@ def _attention_backward_op(
     max_seqlen: int | None,
     backend: str,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dqkv, laid out as qkv (contiguous)."""
     from bertfast.ops import get_backward
 
     return get_backward("attention", backend)(
-        grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, seed
-    )
+        grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+        seed_value(seed),
+    )  # fmt: skip
 
 
 @_attention_backward_op.register_fake
-def _(grad, qkv, out, lse, num_heads, mask, cu_seqlens, max_seqlen, backend, p=0.0, seed=0):
+def _(grad, qkv, out, lse, num_heads, mask, cu_seqlens, max_seqlen, backend, p=0.0, seed=None):
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
@@ -253,16 +255,16 @@ def _setup_attention_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
     # No score, probability or dropout matrix is kept: q, k, v, the output, one float per
     # row and head, and the seed the backward draws the dropout mask from again.
-    ctx.save_for_backward(qkv, out, lse, key_padding_mask, cu_seqlens)
+    ctx.save_for_backward(qkv, out, lse, key_padding_mask, cu_seqlens, seed)
     ctx.num_heads, ctx.max_seqlen, ctx.backend = num_heads, max_seqlen, backend
-    ctx.dropout_p, ctx.seed = dropout_p, seed
+    ctx.dropout_p = dropout_p
 
 
 def _attention_backward(ctx, grad, grad_lse):
-    qkv, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
+    qkv, out, lse, key_padding_mask, cu_seqlens, seed = ctx.saved_tensors
     dqkv = _attention_backward_op(
         grad, qkv, out, lse, ctx.num_heads, key_padding_mask, cu_seqlens, ctx.max_seqlen,
-        ctx.backend, ctx.dropout_p, ctx.seed,
+        ctx.backend, ctx.dropout_p, seed,
     )  # fmt: skip
     return dqkv, None, None, None, None, None, None, None
 
@@ -316,13 +318,10 @@ def attention(
                 f"attention dropout (p={dropout_p}) runs on the torch and triton backends; "
                 f"the {backend} kernels are for inference (call model.eval())"
             )
-        if not 0 < dropout_p < 1:
-            raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
         # The mask's seed comes from torch's CPU generator (torch.manual_seed governs it; no
         # device sync); the backward draws the same mask from it again.
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         args = (qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
-        return _attention_with_lse_op(*args, float(dropout_p), seed)[0]
+        return _attention_with_lse_op(*args, check_dropout_p(dropout_p), draw_seed())[0]
     from bertfast.ops import run_kernel
 
     return run_kernel(

@@ -1,8 +1,11 @@
-"""LayerNorm(x + bias + residual): the closing step of BERT's attention and FFN sub-layers.
+"""LayerNorm(dropout(x + bias) + residual): the closing step of BERT's attention and FFN
+sub-layers, with the hidden dropout BERT trains with between the bias and the residual.
 
 The op's contract lives here once (signature, checks, reference, custom op, fake and autograd:
-a backward custom op giving dx = dresidual, dbias, dweight, dln_bias); the backend modules of
-the same name hold only kernels and their launch (the backward on Triton only).
+a backward custom op giving dresidual, dx, dbias, dweight, dln_bias); the backend modules of
+the same name hold only kernels and their launch (the backward and the dropout on Triton
+only). The dropout mask is Philox numbers of a seed and each element's position, drawn again
+by the backward (``bertfast.ops._dropout``), so neither the mask nor x + bias is stored.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from bertfast.ops._checks import (
     check_same,
     check_vector,
 )
+from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
 
 
 def bias_residual_layer_norm_reference(
@@ -26,11 +30,17 @@ def bias_residual_layer_norm_reference(
     weight: torch.Tensor,
     ln_bias: torch.Tensor,
     eps: float,
+    dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """fp32 math, result in x's dtype."""
-    summed = x.float() + residual.float()
+    """fp32 math, result in x's dtype; ``dropout_mask`` (x's shape, True = kept) drops
+    elements of x + bias and scales the kept ones by 1 / (1 - dropout_p)."""
+    summed = x.float()
     if bias is not None:
         summed = summed + bias.float()
+    if dropout_mask is not None:
+        summed = torch.where(dropout_mask, summed / (1.0 - dropout_p), 0.0)
+    summed = summed + residual.float()
     out = F.layer_norm(summed, (summed.shape[-1],), weight.float(), ln_bias.float(), eps)
     return out.to(x.dtype)
 
@@ -63,14 +73,21 @@ def _bias_residual_layer_norm_op(
     ln_bias: torch.Tensor,
     eps: float,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from bertfast.ops import get_kernel
+    from bertfast.ops import get_backward, get_kernel
 
-    return get_kernel("bias_residual_layer_norm", backend)(x, bias, residual, weight, ln_bias, eps)
+    args = (x, bias, residual, weight, ln_bias, eps)
+    if not dropout_p:
+        return get_kernel("bias_residual_layer_norm", backend)(*args)
+    get_backward("bias_residual_layer_norm", backend)  # dropout is for training: say if not
+    launch = get_kernel("bias_residual_layer_norm", backend)
+    return launch(*args, dropout_p=dropout_p, seed=seed_value(seed))
 
 
 @_bias_residual_layer_norm_op.register_fake
-def _(x, bias, residual, weight, ln_bias, eps, backend):
+def _(x, bias, residual, weight, ln_bias, eps, backend, dropout_p=0.0, seed=None):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -83,34 +100,43 @@ def _bias_residual_layer_norm_backward_op(
     weight: torch.Tensor,
     eps: float,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d(x + bias + residual), dbias, dweight, dln_bias); dbias is empty without a bias."""
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dresidual, dx, dbias, dweight, dln_bias): dresidual is the gradient of the LayerNorm's
+    input; dx that of x (empty without dropout, where it equals dresidual); dbias is empty
+    without a bias."""
     from bertfast.ops import get_backward
 
-    return get_backward("bias_residual_layer_norm", backend)(grad, x, bias, residual, weight, eps)
+    backward = get_backward("bias_residual_layer_norm", backend)
+    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
+    return backward(grad, x, bias, residual, weight, eps, **dropout)
 
 
 @_bias_residual_layer_norm_backward_op.register_fake
-def _(grad, x, bias, residual, weight, eps, backend):
+def _(grad, x, bias, residual, weight, eps, backend, dropout_p=0.0, seed=None):
     dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
     dsum = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return dsum, dbias, torch.empty_like(weight), torch.empty_like(weight)
+    dx = torch.empty_like(dsum) if dropout_p else x.new_empty(0)
+    return dsum, dx, dbias, torch.empty_like(weight), torch.empty_like(weight)
 
 
 def _setup_bias_residual_layer_norm_context(ctx, inputs, output):
-    x, bias, residual, weight, ln_bias, eps, backend = inputs
-    # mean and rstd are recomputed in the backward; ln_bias is not needed there.
-    ctx.save_for_backward(x, bias, residual, weight)
-    ctx.eps, ctx.backend = eps, backend
+    x, bias, residual, weight, ln_bias, eps, backend, dropout_p, seed = inputs
+    # mean, rstd and the dropout mask are recomputed in the backward; ln_bias is not needed.
+    ctx.save_for_backward(x, bias, residual, weight, seed)
+    ctx.eps, ctx.backend, ctx.dropout_p = eps, backend, dropout_p
 
 
 def _bias_residual_layer_norm_backward(ctx, grad):
-    x, bias, residual, weight = ctx.saved_tensors
-    dsum, dbias, dweight, dln_bias = _bias_residual_layer_norm_backward_op(
-        grad, x, bias, residual, weight, ctx.eps, ctx.backend
+    x, bias, residual, weight, seed = ctx.saved_tensors
+    dsum, dx, dbias, dweight, dln_bias = _bias_residual_layer_norm_backward_op(
+        grad, x, bias, residual, weight, ctx.eps, ctx.backend, ctx.dropout_p, seed
     )
-    # x and residual enter as a sum: both get dsum.
-    return dsum, (dbias if bias is not None else None), dsum, dweight, dln_bias, None, None
+    # Without dropout x and residual enter as a sum: both get dsum.
+    dx = dx if ctx.dropout_p else dsum
+    dbias = dbias if bias is not None else None
+    return dx, dbias, dsum, dweight, dln_bias, None, None, None, None
 
 
 _bias_residual_layer_norm_op.register_autograd(
@@ -127,15 +153,33 @@ def bias_residual_layer_norm(
     eps: float,
     backend: str = "torch",
     validate: bool = True,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """LayerNorm over the last dimension of ``x + bias + residual``; same shape and dtype as x.
+    """LayerNorm over the last dimension of ``dropout(x + bias) + residual``; same shape and
+    dtype as x. ``dropout_p`` > 0 drops elements of x + bias (BERT's hidden dropout; training):
+    on the torch backend with torch's dropout, on Triton inside the kernel from a seed drawn
+    from torch's CPU generator, so ``torch.manual_seed`` makes it repeatable.
 
     ``validate=False`` skips the checks for callers that made them already.
     """
     if validate:
         check_bias_residual_layer_norm_inputs(x, bias, residual, weight, ln_bias, backend)
+    dropout_p = check_dropout_p(dropout_p)
     if backend == "torch":
+        if dropout_p:
+            x = F.dropout(x if bias is None else x + bias, dropout_p)
+            bias = None
         return bias_residual_layer_norm_reference(x, bias, residual, weight, ln_bias, float(eps))
+    if dropout_p:
+        from bertfast.ops import KERNEL_BACKWARD_OPS
+
+        if "bias_residual_layer_norm" not in KERNEL_BACKWARD_OPS.get(backend, ()):
+            raise NotImplementedError(
+                f"hidden dropout (p={dropout_p}) runs on the torch and triton backends; "
+                f"the {backend} kernels are for inference (call model.eval())"
+            )
+        args = (x, bias, residual, weight, ln_bias, float(eps), backend)
+        return _bias_residual_layer_norm_op(*args, dropout_p, draw_seed())
     from bertfast.ops import run_kernel
 
     return run_kernel(

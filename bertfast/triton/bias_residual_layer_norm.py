@@ -1,13 +1,24 @@
-"""Triton kernels: LayerNorm(x + bias + residual) in one pass, one row per program; its backward,
-rows shared among a few programs that each write partial sums of the parameter grads."""
+"""Triton kernels: LayerNorm(dropout(x + bias) + residual) in one pass, one row per program; its
+backward, rows shared among a few programs that each write partial sums of the parameter grads.
+The dropout mask is drawn from a seed and each element's index (row * hidden + column) in both,
+so the backward regenerates it."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from bertfast.ops._checks import as_rows
+
+
+@triton.jit
+def _hidden_dropout_keep(seed, dropout_p, row, cols, hidden):
+    """Which elements of one row survive dropout: Philox numbers of the seed and each
+    element's index in the (rows, hidden) activation."""
+    return tl.rand(seed, row * hidden + cols) >= dropout_p
 
 
 @triton.jit
@@ -22,16 +33,22 @@ def _bias_residual_layer_norm_kernel(
     stride_x,
     stride_residual,
     eps,
+    seed,  # with HAS_DROPOUT: Philox seed of this call's mask
+    dropout_p,  # with HAS_DROPOUT: probability of dropping an element of x + bias
     HAS_BIAS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DROPOUT:
+        kept = _hidden_dropout_keep(seed, dropout_p, row, cols, hidden)
+        x = tl.where(kept, x / (1.0 - dropout_p), 0.0)
+    x += tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=0) / hidden
     centered = tl.where(mask, x - mean, 0.0)
     var = tl.sum(centered * centered, axis=0) / hidden
@@ -42,8 +59,11 @@ def _bias_residual_layer_norm_kernel(
     tl.store(out_ptr + row * hidden + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
-    """LayerNorm(x + bias + residual); inputs checked by ``bertfast.ops``."""
+def launch(
+    x, bias, residual, weight, ln_bias, eps: float, dropout_p: float = 0.0, seed: int = 0
+) -> torch.Tensor:
+    """LayerNorm(dropout(x + bias) + residual), the mask drawn from ``seed``; inputs checked
+    by ``bertfast.ops``."""
     x_rows = as_rows("x", x)
     residual_rows = as_rows("residual", residual)
     rows, hidden = x_rows.shape
@@ -62,7 +82,10 @@ def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
         x_rows.stride(0),
         residual_rows.stride(0),
         eps,
+        seed,
+        float(dropout_p),
         HAS_BIAS=bias is not None,
+        HAS_DROPOUT=dropout_p > 0,
         BLOCK=block,
         num_warps=min(16, max(1, block // 256)),
     )
@@ -70,8 +93,31 @@ def launch(x, bias, residual, weight, ln_bias, eps: float) -> torch.Tensor:
 
 
 @triton.jit
+def _hidden_dropout_mask_kernel(out_ptr, hidden, seed, dropout_p, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    kept = _hidden_dropout_keep(seed, dropout_p, row, cols, hidden)
+    tl.store(out_ptr + row * hidden + cols, kept.to(tl.int8), mask=cols < hidden)
+
+
+def dropout_mask(
+    shape: torch.Size | tuple[int, ...], dropout_p: float, seed: int, device: torch.device
+) -> torch.Tensor:
+    """The kernels' keep mask (bool, ``shape``) for ``seed``: what a forward with that seed
+    drops, for tests and references."""
+    hidden = shape[-1]
+    rows = math.prod(shape[:-1])
+    out = torch.empty((rows, hidden), dtype=torch.int8, device=device)
+    if out.numel():
+        block = triton.next_power_of_2(hidden)
+        _hidden_dropout_mask_kernel[(rows,)](out, hidden, seed, float(dropout_p), BLOCK=block)
+    return out.view(shape).bool()
+
+
+@triton.jit
 def _bias_residual_layer_norm_backward_kernel(
-    dsum_ptr,  # (rows, hidden) contiguous, out: the gradient of x + bias + residual
+    dsum_ptr,  # (rows, hidden) contiguous, out: the gradient of the LayerNorm's input
+    dx_ptr,  # with HAS_DROPOUT: (rows, hidden) contiguous, out: the gradient of x
     partial_ptr,  # (3, programs, hidden) fp32, out: this program's dweight, dln_bias, dbias
     grad_ptr,  # (rows, hidden), row stride stride_grad
     x_ptr,  # (rows, hidden), row stride stride_x
@@ -86,7 +132,10 @@ def _bias_residual_layer_norm_backward_kernel(
     rows_per_program,
     programs,
     eps,
+    seed,
+    dropout_p,
     HAS_BIAS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0)
@@ -102,13 +151,16 @@ def _bias_residual_layer_norm_backward_kernel(
         row = program * rows_per_program + i
         mask = col_mask & ((cols * 0 + row) < rows)  # a vector mask: the interpreter wants one
         row64 = row.to(tl.int64)
-        # mean and rstd recomputed from the inputs (the forward saves nothing).
+        # mean, rstd and the dropout mask recomputed from the inputs (the forward saves nothing).
         s = tl.load(x_ptr + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            s += bias
+        if HAS_DROPOUT:
+            kept = _hidden_dropout_keep(seed, dropout_p, row64, cols, hidden)
+            s = tl.where(kept, s / (1.0 - dropout_p), 0.0)
         s += tl.load(residual_ptr + row64 * stride_residual + cols, mask=mask, other=0.0).to(
             tl.float32
         )
-        if HAS_BIAS:
-            s += bias
         mean = tl.sum(s, axis=0) / hidden
         centered = tl.where(mask, s - mean, 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / hidden + eps)
@@ -121,6 +173,9 @@ def _bias_residual_layer_norm_backward_kernel(
         mean_g_normed = tl.sum(g * normed, axis=0) / hidden
         ds = tl.where(mask, (g - mean_g - normed * mean_g_normed) * rstd, 0.0)
         tl.store(dsum_ptr + row64 * hidden + cols, ds.to(dsum_ptr.dtype.element_ty), mask=mask)
+        if HAS_DROPOUT:
+            ds = tl.where(kept, ds / (1.0 - dropout_p), 0.0)
+            tl.store(dx_ptr + row64 * hidden + cols, ds.to(dx_ptr.dtype.element_ty), mask=mask)
         dbias += ds
     out = partial_ptr + program * hidden + cols
     tl.store(out, dweight, mask=col_mask)
@@ -137,10 +192,13 @@ def _reduction_programs(device: torch.device) -> int:
     return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch_backward(grad, x, bias, residual, weight, eps: float):
-    """(dsum, dbias, dweight, dln_bias) of LayerNorm(x + bias + residual) for the output's
-    gradient ``grad``: dsum is the gradient of x and of residual alike; the parameter grads are
-    reduced from per-program fp32 partial sums (no atomics); dbias is empty without a bias."""
+def launch_backward(
+    grad, x, bias, residual, weight, eps: float, dropout_p: float = 0.0, seed: int = 0
+):
+    """(dsum, dx, dbias, dweight, dln_bias) of LayerNorm(dropout(x + bias) + residual) for the
+    output's gradient ``grad``: dsum is the gradient of residual (and of x without dropout, dx
+    then empty); the parameter grads are reduced from per-program fp32 partial sums (no
+    atomics); dbias is empty without a bias."""
     x_rows = as_rows("x", x)
     residual_rows = as_rows("residual", residual)
     rows, hidden = x_rows.shape
@@ -148,9 +206,10 @@ def launch_backward(grad, x, bias, residual, weight, eps: float):
     if hidden > 1 and grad_rows.stride(-1) != 1:
         grad_rows = grad_rows.contiguous()  # e.g. the expanded gradient of a sum()
     dsum = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty_like(dsum) if dropout_p else x.new_empty(0)
     if rows == 0:
         dbias = x.new_empty(0) if bias is None else torch.zeros_like(bias)
-        return dsum, dbias, torch.zeros_like(weight), torch.zeros_like(weight)
+        return dsum, dx, dbias, torch.zeros_like(weight), torch.zeros_like(weight)
     programs = min(_reduction_programs(x.device), rows)
     rows_per_program = triton.cdiv(rows, programs)
     programs = triton.cdiv(rows, rows_per_program)
@@ -158,6 +217,7 @@ def launch_backward(grad, x, bias, residual, weight, eps: float):
     block = triton.next_power_of_2(hidden)
     _bias_residual_layer_norm_backward_kernel[(programs,)](
         dsum,
+        dx if dropout_p else dsum,
         partial,
         grad_rows,
         x_rows,
@@ -172,11 +232,14 @@ def launch_backward(grad, x, bias, residual, weight, eps: float):
         rows_per_program,
         programs,
         eps,
+        seed,
+        float(dropout_p),
         HAS_BIAS=bias is not None,
+        HAS_DROPOUT=dropout_p > 0,
         BLOCK=block,
         num_warps=min(16, max(1, block // 256)),
     )
     # One sum per grad: the custom op's outputs may not be views of one tensor.
     dweight, dln_bias = (partial[k].sum(0).to(weight.dtype) for k in (0, 1))
     dbias = partial[2].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
-    return dsum, dbias, dweight, dln_bias
+    return dsum, dx, dbias, dweight, dln_bias
