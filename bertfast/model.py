@@ -341,6 +341,8 @@ def prepare_inputs(
                 f"input_ids {tuple(shape)} (1 = real token, 0 = padding)"
             )
         am = attention_mask.to(home)
+    if torch.compiler.is_compiling():
+        return _prepare_traced(config, input_ids, am, token_type_ids, position_ids, device)
     # Every range check, mask flag and row length in one device-to-host copy.
     stacked = torch.stack([t.reshape(-1).long() for t in (input_ids, token_type_ids, position_ids)])
     low, high = torch.aminmax(stacked, dim=1)
@@ -376,6 +378,33 @@ def prepare_inputs(
     return PreparedInputs(
         input_ids, mask, token_type_ids, position_ids, has_padding, first_padded, lengths
     )
+
+
+def _prepare_traced(config, input_ids, am, token_type_ids, position_ids, device):
+    """prepare_inputs inside torch.compile, where reading values back would break the graph:
+    the range and mask checks become asserts on the device (``torch._assert_async``, the
+    message naming the limit), and a given mask is taken to hold padding (the padded layout
+    runs; without the host's row lengths there is no packing)."""
+    limits = (
+        ("input_ids", input_ids, config.vocab_size, "vocab_size"),
+        ("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size"),
+        ("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings"),
+    )
+    for name, t, limit, what in limits:
+        inside = ((t >= 0) & (t < limit)).all()
+        torch._assert_async(inside, f"{name} holds values outside [0, {limit}) ({what})")
+    mask = None
+    if am is not None:
+        real = am != 0
+        torch._assert_async(
+            (real == (am == 1)).all(), "attention_mask must hold only 0 and 1 (or True/False)"
+        )
+        mask = real.to(device)
+    input_ids, token_type_ids, position_ids = (
+        t.to(device) for t in (input_ids, token_type_ids, position_ids)
+    )
+    has_padding = mask is not None
+    return PreparedInputs(input_ids, mask, token_type_ids, position_ids, has_padding, has_padding)
 
 
 class BertModel(nn.Module):
@@ -474,6 +503,8 @@ class BertModel(nn.Module):
         input_ids, mask, token_type_ids, position_ids, has_padding, first_padded, lengths = prepared
         # Left padding: the pooler reads position 0, which the padding-free path skips.
         compute_padded_positions |= first_padded and self.pooler is not None
+        # Inside torch.compile the row lengths are not read back: no packing, the padded form.
+        compute_padded_positions |= has_padding and lengths is None
         if backend != "torch" and self.training and torch.is_grad_enabled():
             # Training runs these ops on the backend (fused epilogues are off in training).
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")

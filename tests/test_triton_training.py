@@ -162,3 +162,50 @@ def test_eval_mode_backward_through_a_kernel_without_one_is_refused(tmp_path):
         NotImplementedError, match="the triton kernel 'linear_epilogue' has no backward pass"
     ):
         out.sum().backward()
+
+
+def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
+    """torch.compile(fullgraph=True) traces a training forward on Triton with BERT's dropout
+    (seeds drawn inside the trace, the padded layout since row lengths are not read back) in
+    one graph; its loss and every gradient equal the eager padded forward with the same seed;
+    without dropout they equal transformers; bad ids fail the traced device asserts."""
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    ids, types, mask = _batch()
+
+    def loss_of(m, ids):
+        out = m(ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True)
+        # _loss with the real tokens weighted, not selected (a boolean index breaks a graph).
+        weights = torch.linspace(-1, 1, out.last_hidden_state.shape[-1])
+        real = mask[..., None].to(out.last_hidden_state.dtype)
+        pooled = out.pooler_output.square().sum()
+        return (out.last_hidden_state * real * weights).sum() + pooled
+
+    explained = torch._dynamo.explain(lambda ids: loss_of(model, ids))(ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    compiled = torch.compile(loss_of, backend="aot_eager", fullgraph=True)
+
+    def grads(fn):
+        torch.manual_seed(5)
+        model.zero_grad()
+        loss = fn(model, ids)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss, ours), (eager_loss, eager) = grads(compiled), grads(loss_of)
+    assert_close(loss, eager_loss, atol=1e-5, rtol=1e-6, what="compiled loss")
+    for name, expected in eager.items():
+        assert_close(ours[name], expected, atol=1e-5, rtol=1e-5, what=f"compiled {name}")
+
+    path, hf = random_hf_bert(tmp_path / "no_dropout", **NO_DROPOUT)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    loss, ours = grads(torch.compile(loss_of, backend="aot_eager", fullgraph=True))
+    hf_loss, hf_grads = _grads(hf.train(), hf=True)
+    assert_close(loss, hf_loss, atol=1e-4, rtol=1e-5, what="compiled loss vs transformers")
+    ours_as_hf = bertfast_to_hf(ours)
+    for name, expected in hf_grads.items():
+        assert_close(ours_as_hf[name], expected, atol=1e-4, rtol=1e-4, what=f"hf {name}")
+    bad = ids.clone()
+    bad[1, 2] = model.config.vocab_size
+    with pytest.raises(RuntimeError, match=r"input_ids holds values outside \[0, 99\)"):
+        compiled(model, bad)
