@@ -209,3 +209,47 @@ def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
     bad[1, 2] = model.config.vocab_size
     with pytest.raises(RuntimeError, match=r"input_ids holds values outside \[0, 99\)"):
         compiled(model, bad)
+
+
+def _saved_activations(model, run):
+    """(bytes, shapes) of the distinct non-parameter storages autograd saves during ``run``."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = (storage.nbytes(), tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(n for n, _ in seen.values()), [shape for _, shape in seen.values()]
+
+
+def test_saved_activations_are_what_the_backward_needs(tmp_path):
+    """A training forward on Triton (dropout on) keeps no score, probability or dropout matrix;
+    per layer and real token it keeps the GEMM inputs (hidden, context, mid, GELU output: 3h +
+    i), the fused QKV (3h), the attention output (h), the two LayerNorm inputs (2h) and the
+    pre-GELU activation (i): 9h + 2i floats, plus one LSE per head and token and the seeds; far
+    less than transformers keeps for the same batch."""
+    seq, hidden, inter, heads = 48, 32, 64, 2
+    path, hf = random_hf_bert(
+        tmp_path, hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads
+    )
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    ids = torch.randint(1, 99, (2, seq))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    tokens = int(mask.sum())
+    ours, shapes = _saved_activations(model, lambda: model(ids, attention_mask=mask))
+    assert not [s for s in shapes if len(s) >= 2 and s[-2:] == (seq, seq)], shapes
+    layers = model.config.num_hidden_layers
+    per_layer = tokens * ((9 * hidden + 2 * inter) * 4 + heads * 4) + 64  # + seeds, offsets
+    outside = tokens * (2 * hidden * 4 + 3 * 8) + 2 * hidden * 4 * 2  # embeddings, ids, pooler
+    assert ours <= layers * per_layer + outside, (ours, layers * per_layer + outside)
+    theirs, hf_shapes = _saved_activations(
+        hf, lambda: hf.train()(input_ids=ids, attention_mask=mask)
+    )
+    assert [s for s in hf_shapes if len(s) >= 2 and s[-2:] == (seq, seq)]  # the probabilities
+    assert ours < 0.75 * theirs, (ours, theirs)
