@@ -216,3 +216,43 @@ def test_sentence_transformer_encode(minilm_dir, normalize):
     assert (got.norm(dim=1) - expected.norm(dim=1)).abs().max().item() < 1e-4
     tensors = fast.encode(texts, convert_to_tensor=True, normalize_embeddings=normalize)
     assert torch.is_tensor(tensors) and tensors.shape == (4, 384)
+
+
+def _grads_as_hf(native) -> dict[str, torch.Tensor]:
+    """The native model's parameter gradients under transformers' names."""
+    from bertfast.weights import bertfast_to_hf
+
+    grads = {n: p.grad for n, p in native.named_parameters() if p.grad is not None}
+    if isinstance(native, BertModel):
+        return bertfast_to_hf(grads)
+    encoder = {n[len("bert.") :]: g for n, g in grads.items() if n.startswith("bert.")}
+    head = {n: g for n, g in grads.items() if not n.startswith("bert.")}
+    return {**bertfast_to_hf(encoder, prefix="bert."), **head}
+
+
+@pytest.mark.parametrize("name", [n for n in CLASSES if n != "BertModel"])
+def test_accelerated_heads_train_on_the_triton_kernels(name):
+    """An accelerate()d transformers head on backend='triton' trains with a plain optimizer
+    loop: its loss and the gradient of every parameter equal transformers' (dropout off), and
+    two AdamW steps keep the losses in lockstep."""
+    model = hf_model(name).train()
+    fast = bertfast.accelerate(model, backend="triton")
+    assert fast.training and fast.backend == "triton"
+    inputs = {**batch(), **labels_for(name, batch())}
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (fast, model)]
+    for step in range(2):
+        losses = []
+        for m, opt in zip((fast, model), optimizers):
+            opt.zero_grad()
+            loss = m(**inputs).loss
+            loss.backward()
+            losses.append(loss.detach())
+        assert_close(losses[0], losses[1], atol=2e-5, rtol=1e-5, what=f"{name} loss {step}")
+        if step == 0:
+            ours = _grads_as_hf(fast.model)
+            theirs = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            assert ours.keys() == theirs.keys(), set(ours) ^ set(theirs)
+            for key, expected in theirs.items():
+                assert_close(ours[key], expected, atol=1e-4, rtol=1e-4, what=f"{name} d{key}")
+        for opt in optimizers:
+            opt.step()
