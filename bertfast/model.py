@@ -511,16 +511,21 @@ class BertModel(nn.Module):
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
             # Dropout runs inside the residual LayerNorm and attention kernels (Philox masks
             # drawn again by their backwards); after the embedding kernel as a torch op.
-            reasons = []
             if lacking:
                 names = ", ".join(repr(op) for op in lacking)
                 verb = "has" if len(lacking) == 1 else "have"
                 kernels = "kernel" if len(lacking) == 1 else "kernels"
-                reasons.append(f"the {backend} {kernels} {names} {verb} no backward pass")
-            if reasons:
+                trains = [
+                    b
+                    for b in ("triton",)
+                    if b != backend
+                    and set(used) <= set(ops.KERNEL_BACKWARD_OPS.get(b, ()))
+                    and ops.BACKEND_INFO[b].reason(self.device, self.config.head_dim) is None
+                ]
+                instead = " or ".join(f"backend={b!r}" for b in (*trains, "torch"))
                 raise NotImplementedError(
-                    f"cannot train on backend={backend!r}: {'; '.join(reasons)}; "
-                    "train with backend='torch'"
+                    f"cannot train on backend={backend!r}: the {backend} {kernels} {names} "
+                    f"{verb} no backward pass; train with {instead}"
                 )
         graphs = None
         if not (output_hidden_states or (has_padding and compute_padded_positions)):

@@ -100,6 +100,17 @@ def test_bert_dropout_trains_and_the_refusal_names_what_lacks_a_backward(tmp_pat
         "'attention', 'bias_residual_layer_norm' have no backward pass; train with "
         "backend='torch'"
     )
+    monkeypatch.undo()
+    # A model whose backend resolved to the CUDA kernels (none has a backward) is pointed at
+    # the backends that train here (the resolution is faked: this machine has no GPU).
+    model._resolved[model.device] = "cuda"
+    with pytest.raises(NotImplementedError) as refused:
+        model(ids)
+    assert str(refused.value) == (
+        "cannot train on backend='cuda': the cuda kernels 'embedding_layer_norm', 'attention', "
+        "'bias_residual_layer_norm', 'bias_gelu' have no backward pass; train with "
+        "backend='triton' or backend='torch'"
+    )
 
 
 def test_hidden_dropout_inside_the_kernel_trains_a_layer_as_torch_ops_with_its_masks(
