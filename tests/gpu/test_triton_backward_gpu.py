@@ -129,3 +129,69 @@ def test_model_gradients_against_the_torch_backend(dtype):
         ref_err = (grads["low_ref"][n] - expected).abs().max().item()
         our_err = (grads["ours"][n] - expected).abs().max().item()
         assert our_err <= 3 * ref_err + 1e-5, f"{dtype} {n}: {our_err:.3e} > 3 x {ref_err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_bias_residual_layer_norm_dropout(dtype):
+    """Hidden dropout inside the kernel, compiled: forward and grads equal the reference with
+    the kernel's mask by the 3x rule; the keep rate is 1 - p."""
+    from bertfast.triton.bias_residual_layer_norm import dropout_mask
+
+    rows, hidden, p = 4096, 768, 0.1
+    seed = torch.tensor([1234])
+    kept = dropout_mask((rows, hidden), p, 1234, torch.device(DEVICE))
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    inputs = [torch.randn(rows, hidden, device=DEVICE) * 2 + 1, torch.randn(hidden, device=DEVICE),
+              torch.randn(rows, hidden, device=DEVICE), torch.randn(hidden, device=DEVICE) + 1,
+              torch.randn(hidden, device=DEVICE), 1e-12]  # fmt: skip
+    op = torch.ops.bertfast.bias_residual_layer_norm
+
+    def kernel(x, bias, residual, weight, ln_bias, eps):
+        return op(x, bias, residual, weight, ln_bias, eps, "triton", p, seed)
+
+    def reference(x, bias, residual, weight, ln_bias, eps):
+        return ops.bias_residual_layer_norm_reference(
+            x, bias, residual, weight, ln_bias, eps, kept, p
+        )
+
+    names = {0: "x", 1: "bias", 2: "residual", 3: "weight", 4: "ln_bias"}
+    check_against_reference(kernel, reference, inputs, names, dtype, f"{dtype}", factor=3)
+
+
+def test_compiled_training_step_bf16_autocast():
+    """torch.compile (inductor) of a training forward with dropout on the Triton kernels under
+    bf16 autocast: one graph, and its loss and gradients equal the eager padded forward with
+    the same seeds (fp32 master weights)."""
+    config = BertConfig(
+        vocab_size=1000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=1024,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BertModel(config, backend="triton", device=DEVICE).train()
+    ids = torch.randint(1, 1000, (8, 128), device=DEVICE)
+    mask = mixed_mask(8, 128).to(DEVICE).long()
+
+    def loss_of(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, attention_mask=mask, compute_padded_positions=True)
+        real = mask[..., None].float()
+        return (out.last_hidden_state.float() * real).square().mean()
+
+    compiled = torch.compile(loss_of, fullgraph=True)
+    results = []
+    # Inductor draws torch's random ops (the embedding dropout, the kernels' seeds) with its
+    # own generator unless told to fall back to eager's: then both runs draw the same masks.
+    with torch._inductor.config.patch(fallback_random=True):
+        for fn in (compiled, loss_of):
+            torch.manual_seed(3)
+            model.zero_grad()
+            loss = fn(ids)
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            results.append((loss.detach(), grads))
+    (loss, grads), (eager_loss, eager) = results
+    torch.testing.assert_close(loss, eager_loss, atol=2e-2, rtol=2e-2)
+    for n, expected in eager.items():
+        scale = expected.abs().max().item()
+        err = (grads[n] - expected).abs().max().item()
+        assert err <= 5e-2 * (scale + 1e-3), f"{n}: {err:.3e} (largest {scale:.3e})"
