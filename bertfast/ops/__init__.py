@@ -194,7 +194,13 @@ def get_kernel(op: str, backend: str) -> Callable:
 # The ops whose kernels have a backward (``bertfast.<backend>.<op>.launch_backward``); the
 # op's custom op carries it (``register_autograd`` in ``bertfast/ops/<op>.py``).
 KERNEL_BACKWARD_OPS = {
-    "triton": ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu"),
+    "triton": (
+        "embedding_layer_norm",
+        "attention",
+        "bias_residual_layer_norm",
+        "bias_gelu",
+        "linear_epilogue",
+    ),
     "cuda": (),
 }
 

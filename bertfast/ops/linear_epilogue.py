@@ -9,7 +9,17 @@ BERT's three GEMMs that are followed by elementwise work:
 
 The GEMM accumulates in fp32 and the epilogue runs on the fp32 accumulator, so the fused form
 rounds once where the unfused one (``F.linear`` then the op) rounds twice. The op's contract
-lives here once; ``bertfast/triton/linear_epilogue.py`` holds the kernel and its launch.
+lives here once (signature, checks, reference, custom op, fake and autograd: a backward custom
+op giving dx, dweight, dbias and, for the LayerNorm epilogue, dresidual, dln_weight,
+dln_bias); ``bertfast/triton/linear_epilogue.py`` holds the kernel and both launches.
+
+The backward (Triton only) saves the inputs, not the pre-activation: it recomputes
+``x @ weight.T`` (a torch matmul, cuBLAS on a GPU), takes the epilogue's gradient with the
+elementwise ops' own backward kernels (bias_gelu, bias_residual_layer_norm; for ``"bias"`` the
+gradient itself), and ends with two torch matmuls, ``dx = dpre @ weight`` and
+``dweight = dpre.T @ x``. The matmuls accumulate in fp32; in fp16/bf16 the recomputed
+pre-activation and its gradient ``dpre`` are rounded to that dtype, as the unfused path
+(``F.linear`` then the op) rounds them, so the backward is as accurate as that path's.
 """
 
 from __future__ import annotations
@@ -121,6 +131,59 @@ def _(x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+@torch.library.custom_op("bertfast::linear_epilogue_backward", mutates_args=())
+def _linear_epilogue_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    epilogue: str,
+    residual: torch.Tensor | None,
+    ln_weight: torch.Tensor | None,
+    eps: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias, dresidual, dln_weight, dln_bias); the last three are empty unless
+    the epilogue is ``"bias_residual_layer_norm"``."""
+    from bertfast.ops import get_backward
+
+    return get_backward("linear_epilogue", backend)(
+        grad, x, weight, bias, epilogue, residual, ln_weight, eps
+    )
+
+
+@_linear_epilogue_backward_op.register_fake
+def _(grad, x, weight, bias, epilogue, residual, ln_weight, eps, backend):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    if epilogue != "bias_residual_layer_norm":
+        return dx, dweight, dbias, x.new_empty(0), x.new_empty(0), x.new_empty(0)
+    dresidual = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    return dx, dweight, dbias, dresidual, torch.empty_like(ln_weight), torch.empty_like(ln_weight)
+
+
+def _setup_linear_epilogue_context(ctx, inputs, output):
+    x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend = inputs
+    # The pre-activation is recomputed in the backward; ln_bias is not needed.
+    ctx.save_for_backward(x, weight, bias, residual, ln_weight)
+    ctx.epilogue, ctx.eps, ctx.backend = epilogue, eps, backend
+
+
+def _linear_epilogue_backward(ctx, grad):
+    x, weight, bias, residual, ln_weight = ctx.saved_tensors
+    dx, dweight, dbias, dresidual, dln_weight, dln_bias = _linear_epilogue_backward_op(
+        grad, x, weight, bias, ctx.epilogue, residual, ln_weight, ctx.eps, ctx.backend
+    )
+    if ctx.epilogue != "bias_residual_layer_norm":
+        dresidual = dln_weight = dln_bias = None
+    return dx, dweight, dbias, None, dresidual, dln_weight, dln_bias, None, None
+
+
+_linear_epilogue_op.register_autograd(
+    _linear_epilogue_backward, setup_context=_setup_linear_epilogue_context
+)
+
+
 def linear_epilogue(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -133,7 +196,8 @@ def linear_epilogue(
     backend: str = "torch",
     validate: bool = True,
 ) -> torch.Tensor:
-    """``epilogue(x @ weight.T + bias)``, shape ``(*x.shape[:-1], out_features)``.
+    """``epilogue(x @ weight.T + bias)``, shape ``(*x.shape[:-1], out_features)``; on the
+    triton backend it trains (the backward is registered on the custom op).
 
     ``validate=False`` skips the checks for callers that made them already.
     """

@@ -5,6 +5,11 @@ tiles are visited in groups of GROUP_M rows of tiles so that neighbouring progra
 weight columns they read (L2 reuse). Epilogues: bias; bias + GELU (erf or tanh); bias +
 residual, then the LayerNorm of the row when one tile spans it (FUSE_LAYER_NORM), or a light
 LayerNorm pass after (``bertfast/triton/bias_residual_layer_norm.py``) for wider rows.
+
+The backward (``launch_backward``) has no GEMM kernel of its own: it recomputes the
+pre-activation ``x @ weight.T`` and forms ``dx`` and ``dweight`` with torch matmuls (cuBLAS on a
+GPU), and takes the epilogue's gradient with the backward kernels of ``bias_gelu`` and
+``bias_residual_layer_norm`` (any row width: one row per program there).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import triton.language as tl
 
 from bertfast.ops._checks import as_rows
 from bertfast.ops.linear_epilogue import MAX_FUSED_LAYER_NORM
-from bertfast.triton import bias_residual_layer_norm
+from bertfast.triton import bias_gelu, bias_residual_layer_norm
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
@@ -177,3 +182,41 @@ def launch(
         num_stages=stages,
     )
     return out
+
+
+def launch_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    epilogue: str,
+    residual: torch.Tensor | None,
+    ln_weight: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, dresidual, dln_weight, dln_bias) of ``epilogue(x @ weight.T + bias)``
+    for the output's gradient ``grad``; the last three are empty unless the epilogue is
+    ``"bias_residual_layer_norm"``. The gradient of the pre-activation, ``dpre``, is in x's
+    dtype (as the unfused path's is); the matmuls accumulate in fp32 (cuBLAS, and torch on the
+    CPU, do for fp16 and bf16)."""
+    x_rows = as_rows("x", x)
+    grad_rows = grad.reshape(x_rows.shape[0], weight.shape[0])
+    pre = torch.matmul(x_rows, weight.t())  # (m, n) in x's dtype: the epilogue's input less bias
+    with_norm = epilogue == "bias_residual_layer_norm"
+    if with_norm:
+        # residual enters the LayerNorm summed with the pre-activation: both get dsum.
+        dpre, _, dbias, dln_weight, dln_bias = bias_residual_layer_norm.launch_backward(
+            grad_rows, pre, bias, as_rows("residual", residual), ln_weight, eps
+        )
+    elif epilogue == "bias":
+        dpre = grad_rows
+        dbias = grad_rows.sum(0, dtype=torch.float32).to(bias.dtype)
+    else:
+        approximate = "tanh" if epilogue == "bias_gelu_tanh" else "none"
+        dpre, dbias = bias_gelu.launch_backward(grad_rows, pre, bias, approximate)
+    dx = torch.matmul(dpre, weight).view(x.shape)
+    dweight = torch.matmul(dpre.t(), x_rows)
+    if with_norm:
+        return dx, dweight, dbias, dpre.view(residual.shape), dln_weight, dln_bias
+    # Empty, and one tensor each: the custom op's outputs may not alias one another.
+    return dx, dweight, dbias, x.new_empty(0), x.new_empty(0), x.new_empty(0)
