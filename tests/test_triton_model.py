@@ -117,9 +117,14 @@ def test_left_padding_packs_any_mask_pattern(tmp_path):
     assert max_abs_error(a.pooler_output, b.pooler_output) <= 1e-5
 
 
-def test_backward_through_kernels_is_refused_not_dropped(tmp_path):
+def test_backward_through_kernels_is_refused_not_dropped(tmp_path, monkeypatch):
+    from bertfast import ops
+
     path, _ = random_hf_bert(tmp_path)
-    # eval mode, grad enabled; the fused GEMM epilogues have no backward
+    # eval mode, grad enabled, through a kernel without a backward (the fused GEMM epilogue
+    # made to lack one): the backward is refused, not silently cut off before the kernel
+    backwards = tuple(o for o in ops.KERNEL_BACKWARD_OPS["triton"] if o != "linear_epilogue")
+    monkeypatch.setitem(ops.KERNEL_BACKWARD_OPS, "triton", backwards)
     model = BertModel.from_pretrained(path, backend="triton", fused_epilogues=True)
     out = model(torch.randint(1, 99, (2, 5))).pooler_output
     assert out.requires_grad

@@ -165,14 +165,18 @@ def test_hidden_dropout_inside_the_kernel_trains_a_layer_as_torch_ops_with_its_m
     assert (grads[0] != 0).all()  # every input element gets a gradient through the residual
 
 
-def test_eval_mode_backward_through_a_kernel_without_one_is_refused(tmp_path):
+def test_backward_through_the_fused_gemm_epilogues(tmp_path):
+    """Eval mode with grad enabled on fused epilogues (bias + GELU and bias + residual +
+    LayerNorm inside the GEMMs): every parameter's gradient equals the unfused model's."""
     path, _ = random_hf_bert(tmp_path, **NO_DROPOUT)
-    model = BertModel.from_pretrained(path, backend="triton", fused_epilogues=True)
-    out = model(torch.randint(1, 99, (2, 5))).pooler_output  # eval mode, grad enabled
-    with pytest.raises(
-        NotImplementedError, match="the triton kernel 'linear_epilogue' has no backward pass"
-    ):
-        out.sum().backward()
+    models = [
+        BertModel.from_pretrained(path, backend="triton", fused_epilogues=fused)
+        for fused in (True, False)
+    ]
+    fused, plain = (_grads(m) for m in models)
+    assert_close(fused[0], plain[0], atol=1e-4, rtol=1e-5, what="loss")
+    for name, expected in plain[1].items():
+        assert_close(fused[1][name], expected, atol=1e-4, rtol=1e-4, what=f"fused {name}")
 
 
 def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
