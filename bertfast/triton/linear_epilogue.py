@@ -91,7 +91,8 @@ def _linear_epilogue_kernel(
     elif EPILOGUE == 2:
         inner = SQRT_2_OVER_PI * (y + 0.044715 * y * y * y)
         inner = tl.minimum(tl.maximum(inner, -20.0), 20.0)  # exp stays finite; tanh(20) = 1
-        y = 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
+        e = tl.exp(2.0 * inner)
+        y = y * (e / (e + 1.0))  # 0.5 * (1 + tanh(u)), without cancellation near tanh = -1
     elif EPILOGUE == 3:
         residual = tl.load(
             residual_ptr + rows64[:, None] * stride_residual + offs_n[None, :],
