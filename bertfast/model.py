@@ -129,7 +129,7 @@ class BertEmbeddings(nn.Module):
         padding_idx = self.word_embeddings.padding_idx
         if padding_idx is not None and words.requires_grad and torch.is_grad_enabled():
             words = _ZeroRowGradient.apply(words, padding_idx)
-        out = ops.embedding_layer_norm(
+        return ops.embedding_layer_norm(
             input_ids,
             token_type_ids,
             position_ids,
@@ -141,8 +141,8 @@ class BertEmbeddings(nn.Module):
             self.layer_norm.eps,
             backend=backend,
             validate=validate,
+            dropout_p=self.dropout.p if self.training else 0.0,  # inside the kernel on Triton
         )
-        return self.dropout(out)
 
 
 class BertLayer(nn.Module):
@@ -509,8 +509,8 @@ class BertModel(nn.Module):
             # Training runs these ops on the backend (fused epilogues are off in training).
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
-            # Dropout runs inside the residual LayerNorm and attention kernels (Philox masks
-            # drawn again by their backwards); after the embedding kernel as a torch op.
+            # Dropout runs inside the embedding, attention and residual LayerNorm kernels
+            # (Philox masks drawn again by their backwards).
             if lacking:
                 names = ", ".join(repr(op) for op in lacking)
                 verb = "has" if len(lacking) == 1 else "have"

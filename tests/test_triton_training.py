@@ -125,7 +125,7 @@ def test_hidden_dropout_inside_the_kernel_trains_a_layer_as_torch_ops_with_its_m
     import torch.nn.functional as F
 
     from bertfast import ops
-    from bertfast.triton.bias_residual_layer_norm import dropout_mask
+    from bertfast.triton.hidden_dropout import dropout_mask
 
     op_module = importlib.import_module("bertfast.ops.bias_residual_layer_norm")
     seeds = []

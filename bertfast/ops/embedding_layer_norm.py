@@ -1,4 +1,6 @@
-"""Token + position + segment embedding gather, sum and LayerNorm, as one op.
+"""Token + position + segment embedding gather, sum and LayerNorm, as one op, with BERT's
+embedding dropout after it in training (inside the kernel on Triton, the mask drawn again from
+its seed by the backward: ``bertfast.ops._dropout``).
 
 The op's contract lives here once (signature, checks, reference, custom op, fake and autograd);
 the backend modules of the same name hold only kernels and their launch (the backward on Triton
@@ -18,6 +20,7 @@ from bertfast.ops._checks import (
     check_same,
     check_vector,
 )
+from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
 
 ID_DTYPES = (torch.int32, torch.int64)
 
@@ -108,17 +111,25 @@ def _embedding_layer_norm_op(
     bias: torch.Tensor,
     eps: float,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from bertfast.ops import get_kernel
+    from bertfast.ops import get_backward, get_kernel
 
-    return get_kernel("embedding_layer_norm", backend)(
+    args = (
         input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
         token_type_embeddings, weight, bias, eps,
     )  # fmt: skip
+    if not dropout_p:
+        return get_kernel("embedding_layer_norm", backend)(*args)
+    get_backward("embedding_layer_norm", backend)  # dropout is for training: say if not
+    launch = get_kernel("embedding_layer_norm", backend)
+    return launch(*args, dropout_p=dropout_p, seed=seed_value(seed))
 
 
 @_embedding_layer_norm_op.register_fake
-def _(input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps, b):
+def _(input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps, b,
+      dropout_p=0.0, seed=None):  # fmt: skip
     return word.new_empty(*input_ids.shape, word.shape[1])
 
 
@@ -134,19 +145,23 @@ def _embedding_layer_norm_backward_op(
     weight: torch.Tensor,
     eps: float,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dword, dposition, dtoken_type, dweight, dbias): each table's grad is the plain
     scatter-add by id of the sum's gradient, the padding id's row included."""
     from bertfast.ops import get_backward
 
+    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_backward("embedding_layer_norm", backend)(
         grad, input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
-        token_type_embeddings, weight, eps,
+        token_type_embeddings, weight, eps, **dropout,
     )  # fmt: skip
 
 
 @_embedding_layer_norm_backward_op.register_fake
-def _(grad, input_ids, token_type_ids, position_ids, word, position, token_type, weight, eps, b):
+def _(grad, input_ids, token_type_ids, position_ids, word, position, token_type, weight, eps, b,
+      dropout_p=0.0, seed=None):  # fmt: skip
     return (
         torch.empty_like(word),
         torch.empty_like(position),
@@ -157,15 +172,18 @@ def _(grad, input_ids, token_type_ids, position_ids, word, position, token_type,
 
 
 def _setup_embedding_layer_norm_context(ctx, inputs, output):
-    *tensors, bias, eps, backend = inputs
-    # The sum, mean and rstd are recomputed from the tables in the backward.
-    ctx.save_for_backward(*tensors)
-    ctx.eps, ctx.backend = eps, backend
+    *tensors, bias, eps, backend, dropout_p, seed = inputs
+    # The sum, mean, rstd and the dropout mask are recomputed in the backward.
+    ctx.save_for_backward(*tensors, seed)
+    ctx.eps, ctx.backend, ctx.dropout_p = eps, backend, dropout_p
 
 
 def _embedding_layer_norm_backward(ctx, grad):
-    grads = _embedding_layer_norm_backward_op(grad, *ctx.saved_tensors, ctx.eps, ctx.backend)
-    return (None, None, None, *grads, None, None)
+    *tensors, seed = ctx.saved_tensors
+    grads = _embedding_layer_norm_backward_op(
+        grad, *tensors, ctx.eps, ctx.backend, ctx.dropout_p, seed
+    )
+    return (None, None, None, *grads, None, None, None, None)
 
 
 _embedding_layer_norm_op.register_autograd(
@@ -185,8 +203,13 @@ def embedding_layer_norm(
     eps: float,
     backend: str = "torch",
     validate: bool = True,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Embeddings of any-shaped id tensors (ids, types, positions alike): shape ids.shape + (H,).
+
+    ``dropout_p`` > 0 drops output elements (BERT's embedding dropout; training): on the torch
+    backend with torch's dropout, on Triton inside the kernel from a seed drawn from torch's
+    CPU generator (``torch.manual_seed`` makes it repeatable; the backward draws it again).
 
     Ids are trusted to be in range here: the model validates them once, before any kernel.
     ``validate=False`` skips the layout checks for callers that made them already.
@@ -203,8 +226,19 @@ def embedding_layer_norm(
     )
     if validate:
         check_embedding_layer_norm_inputs(*tensors, backend=backend)
+    dropout_p = check_dropout_p(dropout_p)
     if backend == "torch":
-        return embedding_layer_norm_reference(*tensors, float(eps))
+        out = embedding_layer_norm_reference(*tensors, float(eps))
+        return F.dropout(out, dropout_p) if dropout_p else out
+    if dropout_p:
+        from bertfast.ops import KERNEL_BACKWARD_OPS
+
+        if "embedding_layer_norm" not in KERNEL_BACKWARD_OPS.get(backend, ()):
+            raise NotImplementedError(
+                f"embedding dropout (p={dropout_p}) runs on the torch and triton backends; "
+                f"the {backend} kernels are for inference (call model.eval())"
+            )
+        return _embedding_layer_norm_op(*tensors, float(eps), backend, dropout_p, draw_seed())
     from bertfast.ops import run_kernel
 
     return run_kernel(

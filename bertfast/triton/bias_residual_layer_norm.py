@@ -5,20 +5,12 @@ so the backward regenerates it."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from bertfast.ops._checks import as_rows
-
-
-@triton.jit
-def _hidden_dropout_keep(seed, dropout_p, row, cols, hidden):
-    """Which elements of one row survive dropout: Philox numbers of the seed and each
-    element's index in the (rows, hidden) activation."""
-    return tl.rand(seed, row * hidden + cols) >= dropout_p
+from bertfast.triton.hidden_dropout import hidden_dropout_keep
 
 
 @triton.jit
@@ -46,7 +38,7 @@ def _bias_residual_layer_norm_kernel(
     if HAS_BIAS:
         x += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_DROPOUT:
-        kept = _hidden_dropout_keep(seed, dropout_p, row, cols, hidden)
+        kept = hidden_dropout_keep(seed, dropout_p, row, cols, hidden)
         x = tl.where(kept, x / (1.0 - dropout_p), 0.0)
     x += tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=0) / hidden
@@ -93,28 +85,6 @@ def launch(
 
 
 @triton.jit
-def _hidden_dropout_mask_kernel(out_ptr, hidden, seed, dropout_p, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    kept = _hidden_dropout_keep(seed, dropout_p, row, cols, hidden)
-    tl.store(out_ptr + row * hidden + cols, kept.to(tl.int8), mask=cols < hidden)
-
-
-def dropout_mask(
-    shape: torch.Size | tuple[int, ...], dropout_p: float, seed: int, device: torch.device
-) -> torch.Tensor:
-    """The kernels' keep mask (bool, ``shape``) for ``seed``: what a forward with that seed
-    drops, for tests and references."""
-    hidden = shape[-1]
-    rows = math.prod(shape[:-1])
-    out = torch.empty((rows, hidden), dtype=torch.int8, device=device)
-    if out.numel():
-        block = triton.next_power_of_2(hidden)
-        _hidden_dropout_mask_kernel[(rows,)](out, hidden, seed, float(dropout_p), BLOCK=block)
-    return out.view(shape).bool()
-
-
-@triton.jit
 def _bias_residual_layer_norm_backward_kernel(
     dsum_ptr,  # (rows, hidden) contiguous, out: the gradient of the LayerNorm's input
     dx_ptr,  # with HAS_DROPOUT: (rows, hidden) contiguous, out: the gradient of x
@@ -156,7 +126,7 @@ def _bias_residual_layer_norm_backward_kernel(
         if HAS_BIAS:
             s += bias
         if HAS_DROPOUT:
-            kept = _hidden_dropout_keep(seed, dropout_p, row64, cols, hidden)
+            kept = hidden_dropout_keep(seed, dropout_p, row64, cols, hidden)
             s = tl.where(kept, s / (1.0 - dropout_p), 0.0)
         s += tl.load(residual_ptr + row64 * stride_residual + cols, mask=mask, other=0.0).to(
             tl.float32

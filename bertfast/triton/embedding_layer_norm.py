@@ -1,11 +1,14 @@
-"""Triton kernels: word + position + segment embedding gather, sum and LayerNorm in one pass,
-and its backward (LayerNorm grads from per-program partial sums, table grads by id)."""
+"""Triton kernels: word + position + segment embedding gather, sum, LayerNorm and BERT's
+embedding dropout in one pass, and its backward (LayerNorm grads from per-program partial sums,
+table grads by id; the dropout mask drawn again from the seed)."""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from bertfast.triton.hidden_dropout import hidden_dropout_keep
 
 
 @triton.jit
@@ -21,6 +24,9 @@ def _embedding_layer_norm_kernel(
     bias_ptr,  # (hidden,)
     hidden,
     eps,
+    seed,  # with HAS_DROPOUT: Philox seed of this call's mask
+    dropout_p,  # with HAS_DROPOUT: probability of dropping an output element
+    HAS_DROPOUT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
@@ -39,13 +45,27 @@ def _embedding_layer_norm_kernel(
     w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = centered * rstd * w + b
+    if HAS_DROPOUT:
+        kept = hidden_dropout_keep(seed, dropout_p, token, cols, hidden)
+        y = tl.where(kept, y / (1.0 - dropout_p), 0.0)
     tl.store(out_ptr + token * hidden + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def launch(
-    input_ids, token_type_ids, position_ids, word, position, token_type, weight, bias, eps: float
+    input_ids,
+    token_type_ids,
+    position_ids,
+    word,
+    position,
+    token_type,
+    weight,
+    bias,
+    eps: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Embedding sum and LayerNorm; inputs checked by ``bertfast.ops.embedding_layer_norm``."""
+    """Embedding sum, LayerNorm and dropout (mask from ``seed``); inputs checked by
+    ``bertfast.ops.embedding_layer_norm``."""
     hidden = word.shape[1]
     out = torch.empty(*input_ids.shape, hidden, dtype=word.dtype, device=word.device)
     tokens = input_ids.numel()
@@ -64,6 +84,9 @@ def launch(
         bias,
         hidden,
         eps,
+        seed,
+        float(dropout_p),
+        HAS_DROPOUT=dropout_p > 0,
         BLOCK=block,
         num_warps=min(16, max(1, block // 256)),
     )
@@ -88,6 +111,9 @@ def _embedding_layer_norm_backward_kernel(
     tokens_per_program,
     programs,
     eps,
+    seed,
+    dropout_p,
+    HAS_DROPOUT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0)
@@ -115,6 +141,9 @@ def _embedding_layer_norm_backward_kernel(
         normed = centered * rstd
         dy = tl.load(grad_ptr + token64 * stride_grad + cols, mask=mask, other=0.0)
         dy = dy.to(tl.float32)
+        if HAS_DROPOUT:  # the gradient of the LayerNorm's output, through the same mask
+            kept = hidden_dropout_keep(seed, dropout_p, token64, cols, hidden)
+            dy = tl.where(kept, dy / (1.0 - dropout_p), 0.0)
         dweight += dy * normed
         dbias += dy
         g = dy * w
@@ -136,7 +165,17 @@ def _reduction_programs(device: torch.device) -> int:
 
 
 def launch_backward(
-    grad, input_ids, token_type_ids, position_ids, word, position, token_type, weight, eps: float
+    grad,
+    input_ids,
+    token_type_ids,
+    position_ids,
+    word,
+    position,
+    token_type,
+    weight,
+    eps: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dword, dposition, dtoken_type, dweight, dbias) for the output's gradient ``grad``.
 
@@ -178,6 +217,9 @@ def launch_backward(
         tokens_per_program,
         programs,
         eps,
+        seed,
+        float(dropout_p),
+        HAS_DROPOUT=dropout_p > 0,
         BLOCK=block,
         num_warps=min(16, max(1, block // 256)),
     )

@@ -135,7 +135,7 @@ def test_model_gradients_against_the_torch_backend(dtype):
 def test_bias_residual_layer_norm_dropout(dtype):
     """Hidden dropout inside the kernel, compiled: forward and grads equal the reference with
     the kernel's mask by the 3x rule; the keep rate is 1 - p."""
-    from bertfast.triton.bias_residual_layer_norm import dropout_mask
+    from bertfast.triton.hidden_dropout import dropout_mask
 
     rows, hidden, p = 4096, 768, 0.1
     seed = torch.tensor([1234])

@@ -13,7 +13,7 @@ from bertfast import ops
 from bertfast.ops import bias_residual_layer_norm_reference as reference
 from tests.helpers import assert_close
 
-triton_module = pytest.importorskip("bertfast.triton.bias_residual_layer_norm")
+hidden_dropout = pytest.importorskip("bertfast.triton.hidden_dropout")
 # The op's module (the package attribute of that name is the op function).
 op_module = importlib.import_module("bertfast.ops.bias_residual_layer_norm")
 
@@ -61,7 +61,7 @@ def test_forward_and_grads_equal_the_reference_with_the_kernels_mask(
     p = 0.25
     inputs = make(rows, hidden, dtype)
     out, seed = run(inputs, p, seed=rows, with_bias=with_bias)
-    kept = triton_module.dropout_mask((rows, hidden), p, seed, torch.device("cpu"))
+    kept = hidden_dropout.dropout_mask((rows, hidden), p, seed, torch.device("cpu"))
     grad = torch.randn(rows, hidden).to(dtype)
     ours = torch.autograd.grad(out, inputs if with_bias else inputs[:1] + inputs[2:], grad)
 
@@ -88,7 +88,7 @@ def test_the_backward_draws_the_forwards_mask():
     inputs = make(9, 24)
     out, seed = run(inputs, p, seed=5)
     dx, dbias, dresidual = torch.autograd.grad(out, inputs[:3], torch.randn(9, 24))
-    kept = triton_module.dropout_mask((9, 24), p, seed, torch.device("cpu"))
+    kept = hidden_dropout.dropout_mask((9, 24), p, seed, torch.device("cpu"))
     assert 0 < kept.float().mean() < 1
     assert torch.equal(dx == 0, ~kept)
     assert_close(dx[kept], dresidual[kept] / (1 - p), atol=1e-6, rtol=1e-5, what="kept dx")
@@ -102,10 +102,10 @@ def test_the_backward_draws_the_forwards_mask():
 def test_keep_rate_and_seeds():
     p = 0.3
     rows, hidden = 64, 64
-    kept = triton_module.dropout_mask((rows, hidden), p, 123, torch.device("cpu"))
+    kept = hidden_dropout.dropout_mask((rows, hidden), p, 123, torch.device("cpu"))
     assert abs(kept.float().mean().item() - (1 - p)) < 0.04  # 4,096 draws: 4 sigma is 0.029
-    assert torch.equal(kept, triton_module.dropout_mask((rows, hidden), p, 123, "cpu"))
-    other = triton_module.dropout_mask((rows, hidden), p, 124, torch.device("cpu"))
+    assert torch.equal(kept, hidden_dropout.dropout_mask((rows, hidden), p, 123, "cpu"))
+    other = hidden_dropout.dropout_mask((rows, hidden), p, 124, torch.device("cpu"))
     assert 0.3 < (kept != other).float().mean() < 0.55  # independent masks: 2p(1 - p) = 0.42
     # Rows are not copies of each other (the index, not the column, feeds the generator).
     assert (kept[0] != kept[1]).any()
@@ -121,7 +121,7 @@ def test_scale_keeps_the_mean():
     input the pre-norm sum's mean over many elements stays x's."""
     p = 0.5
     rows, hidden = 256, 32
-    kept = triton_module.dropout_mask((rows, hidden), p, 9, torch.device("cpu"))
+    kept = hidden_dropout.dropout_mask((rows, hidden), p, 9, torch.device("cpu"))
     x = torch.ones(rows, hidden)
     dropped = torch.where(kept, x / (1 - p), 0.0)
     assert abs(dropped.mean().item() - 1.0) < 0.05
