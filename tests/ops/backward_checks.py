@@ -94,3 +94,21 @@ def check_finite_differences(
     assert abs(numeric - analytic) <= rtol * max(1.0, abs(analytic.item())), (
         f"{what}: finite differences {numeric.item():.6g}, backward {analytic.item():.6g}"
     )
+
+
+def check_compiled_matches_eager(step: Callable, inputs: Sequence[torch.Tensor], seed: int) -> None:
+    """``step(*inputs)`` (a scalar loss) compiled with fullgraph=True (no graph break) gives
+    the loss and gradients of the eager call after the same ``torch.manual_seed``: the random
+    draws (dropout seeds) are traced, not frozen."""
+    torch.manual_seed(seed)
+    loss = torch.compile(step, backend="aot_eager", fullgraph=True)(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    torch.manual_seed(seed)
+    eager_loss = step(*inputs)
+    eager_grads = torch.autograd.grad(eager_loss, inputs)
+    assert_close(loss, eager_loss, atol=1e-4, rtol=1e-6, what="compiled loss")
+    for i, (g, e) in enumerate(zip(grads, eager_grads, strict=True)):
+        assert_close(g, e, atol=1e-5, rtol=1e-5, what=f"compiled grad of input {i}")
+    torch.manual_seed(seed + 1)
+    other = torch.compile(step, backend="aot_eager", fullgraph=True)(*inputs)
+    assert not torch.equal(other, loss), "another seed gave the same loss: the seed is frozen"

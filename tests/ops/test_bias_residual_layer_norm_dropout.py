@@ -12,6 +12,7 @@ import torch
 from bertfast import ops
 from bertfast.ops import bias_residual_layer_norm_reference as reference
 from tests.helpers import assert_close
+from tests.ops.backward_checks import check_compiled_matches_eager
 
 hidden_dropout = pytest.importorskip("bertfast.triton.hidden_dropout")
 # The op's module (the package attribute of that name is the op function).
@@ -167,12 +168,4 @@ def test_compiled_step_with_dropout_traces_without_graph_breaks():
         )  # fmt: skip
         return out.square().sum()
 
-    torch.manual_seed(11)
-    loss = torch.compile(step, backend="aot_eager", fullgraph=True)(*inputs)
-    grads = torch.autograd.grad(loss, inputs)
-    torch.manual_seed(11)
-    eager_loss = step(*inputs)
-    eager_grads = torch.autograd.grad(eager_loss, inputs)
-    assert_close(loss, eager_loss, atol=1e-4, rtol=1e-6, what="loss")
-    for g, e in zip(grads, eager_grads):
-        assert_close(g, e, atol=1e-5, rtol=1e-5, what="grad")
+    check_compiled_matches_eager(step, inputs, seed=11)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from bertfast import ops
 from bertfast.ops import embedding_layer_norm_reference as reference
 from tests.helpers import assert_close
+from tests.ops.backward_checks import check_compiled_matches_eager
 
 hidden_dropout = pytest.importorskip("bertfast.triton.hidden_dropout")
 op_module = importlib.import_module("bertfast.ops.embedding_layer_norm")
@@ -106,12 +107,4 @@ def test_compiled_with_dropout_traces_without_graph_breaks():
         )
         return out.square().sum()
 
-    torch.manual_seed(4)
-    loss = torch.compile(step, backend="aot_eager", fullgraph=True)(*tables)
-    grads = torch.autograd.grad(loss, tables)
-    torch.manual_seed(4)
-    eager_loss = step(*tables)
-    eager_grads = torch.autograd.grad(eager_loss, tables)
-    assert_close(loss, eager_loss, atol=1e-4, rtol=1e-6, what="loss")
-    for g, e in zip(grads, eager_grads):
-        assert_close(g, e, atol=1e-5, rtol=1e-5, what="grad")
+    check_compiled_matches_eager(step, tables, seed=4)
