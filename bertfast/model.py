@@ -186,7 +186,8 @@ class BertLayer(nn.Module):
         attention_backend: str | None = None,
     ) -> torch.Tensor:
         """One layer; ``fused_epilogues`` runs the three GEMMs that have elementwise work after
-        them with that work inside the GEMM (``ops.linear_epilogue``, inference only);
+        them with that work inside the GEMM (``ops.linear_epilogue``; in training with the
+        hidden dropout inside too);
         ``attention_backend`` overrides ``backend`` for the attention (``auto``'s choice)."""
         if backend == "torch":  # oneDNN with packed weights for CPU inference, else F.linear
             qkv = cpu_linear.linear(hidden, self.qkv.weight, self.qkv.bias)
@@ -239,6 +240,8 @@ class BertLayer(nn.Module):
         return F.layer_norm(out + hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def _forward_fused(self, context, hidden, backend: str, validate: bool) -> torch.Tensor:
+        dropout_p = self.dropout.p if self.training else 0.0
+
         def project(x, linear: nn.Linear, epilogue: str, residual=None, norm=None):
             return ops.linear_epilogue(
                 x,
@@ -251,6 +254,7 @@ class BertLayer(nn.Module):
                 1e-12 if norm is None else norm.eps,
                 backend=backend,
                 validate=validate,
+                dropout_p=0.0 if norm is None else dropout_p,  # before the residual
             )
 
         norm_epilogue = "bias_residual_layer_norm"
@@ -422,8 +426,9 @@ class BertModel(nn.Module):
     ):
         """``cuda_graphs``: on CUDA, inference (eval mode, no grad) replays captured graphs of
         the padding-free encoder (see ``bertfast.graphs``); False runs every forward eagerly.
-        ``fused_epilogues``: on the Triton backend, inference runs bias + GELU and bias +
-        residual + LayerNorm inside the GEMMs (``ops.linear_epilogue``)."""
+        ``fused_epilogues``: on the Triton backend, the padding-free encoder runs bias + GELU
+        and bias + (dropout) + residual + LayerNorm inside the GEMMs (``ops.linear_epilogue``),
+        in inference and in training."""
         super().__init__()
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
@@ -506,8 +511,10 @@ class BertModel(nn.Module):
         # Inside torch.compile the row lengths are not read back: no packing, the padded form.
         compute_padded_positions |= has_padding and lengths is None
         if backend != "torch" and self.training and torch.is_grad_enabled():
-            # Training runs these ops on the backend (fused epilogues are off in training).
+            # Training runs these ops on the backend.
             used = ("embedding_layer_norm", "attention", "bias_residual_layer_norm", "bias_gelu")
+            if self.fused_epilogues and backend == "triton":
+                used += ("linear_epilogue",)
             lacking = [op for op in used if op not in ops.KERNEL_BACKWARD_OPS.get(backend, ())]
             # Dropout runs inside the embedding, attention and residual LayerNorm kernels
             # (Philox masks drawn again by their backwards).
@@ -614,7 +621,7 @@ class BertModel(nn.Module):
         No host sync happens here (the graph runner captures it). ``max_seqlen`` may be a bound
         above the longest sequence; ``collect`` receives each layer's input.
         """
-        fused = self.fused_epilogues and self.backend == "triton" and not self.training
+        fused = self.fused_epilogues and self.backend == "triton"
         layout = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, fused_epilogues=fused)
         ids = (input_ids, token_type_ids, position_ids)
         return self._encode(*ids, max_seqlen, validate, collect, **layout)

@@ -165,18 +165,50 @@ def test_hidden_dropout_inside_the_kernel_trains_a_layer_as_torch_ops_with_its_m
     assert (grads[0] != 0).all()  # every input element gets a gradient through the residual
 
 
-def test_backward_through_the_fused_gemm_epilogues(tmp_path):
-    """Eval mode with grad enabled on fused epilogues (bias + GELU and bias + residual +
-    LayerNorm inside the GEMMs): every parameter's gradient equals the unfused model's."""
-    path, _ = random_hf_bert(tmp_path, **NO_DROPOUT)
+def test_fused_gemm_epilogues_train_as_the_separate_kernels(tmp_path, monkeypatch):
+    """Fused epilogues (bias + GELU and bias + dropout + residual + LayerNorm inside the GEMMs)
+    train: with BERT's dropout and the same seed (the fused epilogue draws the residual
+    LayerNorm kernel's masks), loss and every parameter's gradient equal the separate
+    kernels'; in eval mode with grad enabled too, and dropout 0 then equals the torch backend."""
+    from bertfast import ops
+
+    fused_calls = []
+    real_linear_epilogue = ops.linear_epilogue
+    monkeypatch.setattr(
+        ops,
+        "linear_epilogue",
+        lambda *a, **k: fused_calls.append(k) or real_linear_epilogue(*a, **k),
+    )
+    path, _ = random_hf_bert(tmp_path)
     models = [
-        BertModel.from_pretrained(path, backend="triton", fused_epilogues=fused)
+        BertModel.from_pretrained(path, backend="triton", fused_epilogues=fused).train()
         for fused in (True, False)
     ]
-    fused, plain = (_grads(m) for m in models)
-    assert_close(fused[0], plain[0], atol=1e-4, rtol=1e-5, what="loss")
-    for name, expected in plain[1].items():
-        assert_close(fused[1][name], expected, atol=1e-4, rtol=1e-4, what=f"fused {name}")
+    ids = torch.randint(1, 99, (3, 11))
+    weights = torch.linspace(-1, 1, models[0].config.hidden_size)
+    results = []
+    for model in models:
+        torch.manual_seed(7)
+        model.zero_grad()
+        out = model(ids, attention_mask=_batch()[2][:, :11])
+        loss = (out.last_hidden_state * weights).sum() + out.pooler_output.square().sum()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss, grads), (plain_loss, plain) = results
+    assert [k["dropout_p"] for k in fused_calls] == [0.1, 0.0, 0.1] * 2  # 2 layers
+    assert_close(loss, plain_loss, atol=1e-4, rtol=1e-5, what="loss with dropout")
+    for name, expected in plain.items():
+        assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=f"fused {name}")
+    torch.manual_seed(8)
+    assert not torch.equal(models[0](ids).last_hidden_state, models[0](ids).last_hidden_state)
+
+    path, _ = random_hf_bert(tmp_path / "no_dropout", **NO_DROPOUT)
+    fused = BertModel.from_pretrained(path, backend="triton", fused_epilogues=True)  # eval
+    reference = BertModel.from_pretrained(path, backend="torch")
+    (loss, grads), (ref_loss, ref_grads) = _grads(fused), _grads(reference)
+    assert_close(loss, ref_loss, atol=1e-4, rtol=1e-5, what="eval-mode loss")
+    for name, expected in ref_grads.items():
+        assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=f"eval {name}")
 
 
 def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):

@@ -35,6 +35,8 @@ from bertfast.ops._checks import (
     check_same,
     check_vector,
 )
+from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
+from bertfast.ops.bias_residual_layer_norm import bias_residual_layer_norm_reference
 
 EPILOGUES = ("bias", "bias_gelu", "bias_gelu_tanh", "bias_residual_layer_norm")
 # Widest row whose LayerNorm is computed inside the GEMM tile (BERT-base 768, large 1024).
@@ -50,9 +52,14 @@ def linear_epilogue_reference(
     ln_weight: torch.Tensor | None = None,
     ln_bias: torch.Tensor | None = None,
     eps: float = 1e-12,
+    dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """fp32 GEMM and epilogue, result in x's dtype."""
+    """fp32 GEMM and epilogue, result in x's dtype; ``dropout_mask`` (the output's shape, True
+    = kept; the LayerNorm epilogue) drops x @ weight.T + bias before the residual."""
     y = F.linear(x.float(), weight.float(), bias.float())
+    if dropout_mask is not None:
+        y = torch.where(dropout_mask, y / (1.0 - dropout_p), 0.0)
     if epilogue == "bias_gelu":
         y = F.gelu(y)
     elif epilogue == "bias_gelu_tanh":
@@ -118,16 +125,19 @@ def _linear_epilogue_op(
     ln_bias: torch.Tensor | None,
     eps: float,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     from bertfast.ops import get_kernel
 
+    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_kernel("linear_epilogue", backend)(
-        x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps
+        x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, **dropout
     )
 
 
 @_linear_epilogue_op.register_fake
-def _(x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend):
+def _(x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend, p=0.0, seed=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
@@ -142,18 +152,21 @@ def _linear_epilogue_backward_op(
     ln_weight: torch.Tensor | None,
     eps: float,
     backend: str,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dresidual, dln_weight, dln_bias); the last three are empty unless
     the epilogue is ``"bias_residual_layer_norm"``."""
     from bertfast.ops import get_backward
 
+    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_backward("linear_epilogue", backend)(
-        grad, x, weight, bias, epilogue, residual, ln_weight, eps
+        grad, x, weight, bias, epilogue, residual, ln_weight, eps, **dropout
     )
 
 
 @_linear_epilogue_backward_op.register_fake
-def _(grad, x, weight, bias, epilogue, residual, ln_weight, eps, backend):
+def _(grad, x, weight, bias, epilogue, residual, ln_weight, eps, backend, p=0.0, seed=None):
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
     if epilogue != "bias_residual_layer_norm":
@@ -163,20 +176,22 @@ def _(grad, x, weight, bias, epilogue, residual, ln_weight, eps, backend):
 
 
 def _setup_linear_epilogue_context(ctx, inputs, output):
-    x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend = inputs
-    # The pre-activation is recomputed in the backward; ln_bias is not needed.
-    ctx.save_for_backward(x, weight, bias, residual, ln_weight)
-    ctx.epilogue, ctx.eps, ctx.backend = epilogue, eps, backend
+    x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend, dropout_p, seed = inputs
+    # The pre-activation and the dropout mask are recomputed in the backward; ln_bias is not
+    # needed.
+    ctx.save_for_backward(x, weight, bias, residual, ln_weight, seed)
+    ctx.epilogue, ctx.eps, ctx.backend, ctx.dropout_p = epilogue, eps, backend, dropout_p
 
 
 def _linear_epilogue_backward(ctx, grad):
-    x, weight, bias, residual, ln_weight = ctx.saved_tensors
+    x, weight, bias, residual, ln_weight, seed = ctx.saved_tensors
     dx, dweight, dbias, dresidual, dln_weight, dln_bias = _linear_epilogue_backward_op(
-        grad, x, weight, bias, ctx.epilogue, residual, ln_weight, ctx.eps, ctx.backend
-    )
+        grad, x, weight, bias, ctx.epilogue, residual, ln_weight, ctx.eps, ctx.backend,
+        ctx.dropout_p, seed,
+    )  # fmt: skip
     if ctx.epilogue != "bias_residual_layer_norm":
         dresidual = dln_weight = dln_bias = None
-    return dx, dweight, dbias, None, dresidual, dln_weight, dln_bias, None, None
+    return dx, dweight, dbias, None, dresidual, dln_weight, dln_bias, None, None, None, None
 
 
 _linear_epilogue_op.register_autograd(
@@ -195,9 +210,13 @@ def linear_epilogue(
     eps: float = 1e-12,
     backend: str = "torch",
     validate: bool = True,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """``epilogue(x @ weight.T + bias)``, shape ``(*x.shape[:-1], out_features)``; on the
-    triton backend it trains (the backward is registered on the custom op).
+    triton backend it trains (the backward is registered on the custom op). ``dropout_p`` > 0
+    (the LayerNorm epilogue only: BERT's hidden dropout) drops x @ weight.T + bias before the
+    residual: torch's dropout on the torch backend, a Philox mask inside the kernel on Triton,
+    its seed from torch's CPU generator.
 
     ``validate=False`` skips the checks for callers that made them already.
     """
@@ -205,10 +224,24 @@ def linear_epilogue(
         check_linear_epilogue_inputs(
             x, weight, bias, epilogue, residual, ln_weight, ln_bias, backend
         )
+    dropout_p = check_dropout_p(dropout_p)
+    if dropout_p and epilogue != "bias_residual_layer_norm":
+        raise ValueError(
+            f"dropout_p applies to the 'bias_residual_layer_norm' epilogue (BERT's hidden "
+            f"dropout before the residual), not to {epilogue!r}"
+        )
     if backend == "torch":
+        if dropout_p:
+            y = F.dropout(F.linear(x, weight, bias), dropout_p)
+            return bias_residual_layer_norm_reference(
+                y, None, residual, ln_weight, ln_bias, float(eps)
+            )
         return linear_epilogue_reference(
             x, weight, bias, epilogue, residual, ln_weight, ln_bias, float(eps)
         )
+    if dropout_p:
+        args = (x, weight, bias, epilogue, residual, ln_weight, ln_bias, float(eps), backend)
+        return _linear_epilogue_op(*args, dropout_p, draw_seed())
     from bertfast.ops import run_kernel
 
     return run_kernel(

@@ -4,7 +4,9 @@ One program computes a BLOCK_M x BLOCK_N tile of the output, walking K in BLOCK_
 tiles are visited in groups of GROUP_M rows of tiles so that neighbouring programs share the
 weight columns they read (L2 reuse). Epilogues: bias; bias + GELU (erf or tanh); bias +
 residual, then the LayerNorm of the row when one tile spans it (FUSE_LAYER_NORM), or a light
-LayerNorm pass after (``bertfast/triton/bias_residual_layer_norm.py``) for wider rows.
+LayerNorm pass after (``bertfast/triton/bias_residual_layer_norm.py``) for wider rows; in
+training, BERT's hidden dropout on x @ weight.T + bias before the residual, its mask the one
+the residual LayerNorm kernel draws (``bertfast/triton/hidden_dropout.py``, same element index).
 
 The backward (``launch_backward``) has no GEMM kernel of its own: it recomputes the
 pre-activation ``x @ weight.T`` and forms ``dx`` and ``dweight`` with torch matmuls (cuBLAS on a
@@ -21,6 +23,7 @@ import triton.language as tl
 from bertfast.ops._checks import as_rows
 from bertfast.ops.linear_epilogue import MAX_FUSED_LAYER_NORM
 from bertfast.triton import bias_gelu, bias_residual_layer_norm
+from bertfast.triton.hidden_dropout import hidden_dropout_keep
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
@@ -45,8 +48,11 @@ def _linear_epilogue_kernel(
     stride_w,
     stride_residual,
     eps,
+    seed,  # with HAS_DROPOUT: Philox seed of the hidden dropout's mask
+    dropout_p,
     EPILOGUE: tl.constexpr,
     FUSE_LAYER_NORM: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -94,6 +100,9 @@ def _linear_epilogue_kernel(
         e = tl.exp(2.0 * inner)
         y = y * (e / (e + 1.0))  # 0.5 * (1 + tanh(u)), without cancellation near tanh = -1
     elif EPILOGUE == 3:
+        if HAS_DROPOUT:
+            kept = hidden_dropout_keep(seed, dropout_p, rows64[:, None], cols64[None, :], N)
+            y = tl.where(kept, y / (1.0 - dropout_p), 0.0)
         residual = tl.load(
             residual_ptr + rows64[:, None] * stride_residual + offs_n[None, :],
             mask=in_m[:, None] & in_n[None, :],
@@ -134,8 +143,12 @@ def launch(
     ln_bias: torch.Tensor | None,
     eps: float,
     config: tuple[int, ...] | None = None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> torch.Tensor:
     """``epilogue(x @ weight.T + bias)``; inputs checked by ``bertfast.ops.linear_epilogue``.
+    With ``dropout_p`` (the LayerNorm epilogue) x @ weight.T + bias is dropped by the mask of
+    ``seed`` before the residual.
 
     ``config`` overrides ``block_config`` (tests use it to force a split LayerNorm).
     """
@@ -154,7 +167,9 @@ def launch(
     if with_norm and not fuse_norm:
         # Too wide for one tile: GEMM + bias here, residual + LayerNorm in one light pass.
         y = launch(x, weight, bias, "bias", None, None, None, eps, config)
-        return bias_residual_layer_norm.launch(y, None, residual, ln_weight, ln_bias, eps)
+        return bias_residual_layer_norm.launch(
+            y, None, residual, ln_weight, ln_bias, eps, dropout_p=dropout_p, seed=seed
+        )
     residual_rows = as_rows("residual", residual) if with_norm else x_rows
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _linear_epilogue_kernel[grid](
@@ -172,8 +187,11 @@ def launch(
         weight.stride(0),
         residual_rows.stride(0),
         eps,
+        seed,
+        float(dropout_p),
         EPILOGUE=RESIDUAL if with_norm else _CODES[epilogue],
         FUSE_LAYER_NORM=fuse_norm,
+        HAS_DROPOUT=with_norm and dropout_p > 0,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -194,10 +212,13 @@ def launch_backward(
     residual: torch.Tensor | None,
     ln_weight: torch.Tensor | None,
     eps: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """(dx, dweight, dbias, dresidual, dln_weight, dln_bias) of ``epilogue(x @ weight.T + bias)``
     for the output's gradient ``grad``; the last three are empty unless the epilogue is
-    ``"bias_residual_layer_norm"``. The gradient of the pre-activation, ``dpre``, is in x's
+    ``"bias_residual_layer_norm"`` (whose hidden dropout, with ``dropout_p``, is drawn again
+    from ``seed``). The gradient of the pre-activation, ``dpre``, is in x's
     dtype (as the unfused path's is); the matmuls accumulate in fp32 (cuBLAS, and torch on the
     CPU, do for fp16 and bf16)."""
     x_rows = as_rows("x", x)
@@ -205,10 +226,13 @@ def launch_backward(
     pre = torch.matmul(x_rows, weight.t())  # (m, n) in x's dtype: the epilogue's input less bias
     with_norm = epilogue == "bias_residual_layer_norm"
     if with_norm:
-        # residual enters the LayerNorm summed with the pre-activation: both get dsum.
-        dpre, _, dbias, dln_weight, dln_bias = bias_residual_layer_norm.launch_backward(
-            grad_rows, pre, bias, as_rows("residual", residual), ln_weight, eps
-        )
+        # Without dropout the residual and the pre-activation enter the LayerNorm as a sum:
+        # both get dsum; with it the pre-activation's gradient is dsum through the mask.
+        dsum, dropped, dbias, dln_weight, dln_bias = bias_residual_layer_norm.launch_backward(
+            grad_rows, pre, bias, as_rows("residual", residual), ln_weight, eps,
+            dropout_p=dropout_p, seed=seed,
+        )  # fmt: skip
+        dpre = dropped if dropout_p else dsum
     elif epilogue == "bias":
         dpre = grad_rows
         dbias = grad_rows.sum(0, dtype=torch.float32).to(bias.dtype)
@@ -218,6 +242,6 @@ def launch_backward(
     dx = torch.matmul(dpre, weight).view(x.shape)
     dweight = torch.matmul(dpre.t(), x_rows)
     if with_norm:
-        return dx, dweight, dbias, dpre.view(residual.shape), dln_weight, dln_bias
+        return dx, dweight, dbias, dsum.view(residual.shape), dln_weight, dln_bias
     # Empty, and one tensor each: the custom op's outputs may not alias one another.
     return dx, dweight, dbias, x.new_empty(0), x.new_empty(0), x.new_empty(0)
