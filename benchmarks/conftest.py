@@ -1,4 +1,5 @@
-"""pytest-benchmark suite setup: the grid option, GPU skips, shared ceilings and models.
+"""pytest-benchmark suite setup: the grid option, GPU skips, shared ceilings, models and
+training sources.
 
 The cases, inputs, reference and the device synchronisation come from ``bertfast.bench`` (the
 suite behind ``bertfast bench``); this file only adapts them to pytest-benchmark's fixture.
@@ -80,4 +81,9 @@ def op_cases() -> OneAtATime:
 
 @pytest.fixture(scope="session")
 def model_sources() -> OneAtATime:
+    return OneAtATime()
+
+
+@pytest.fixture(scope="session")
+def train_sources() -> OneAtATime:
     return OneAtATime()

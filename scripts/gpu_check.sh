@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run: build csrc/ (when present), the GPU-marked tests,
-# the quick benchmark grid. Works offline on a machine where torch, triton and transformers are
-# already installed. Results go to benchmarks/results/<gpu>/ and, when $OUT is set, to $OUT.
-# Usage: bash scripts/gpu_check.sh [--no-bench] [--no-tests] [--tune]
+# the quick benchmark grid (forward, kernels forward and forward + backward, training steps of
+# both heads at base b32x128 and large b8x384). Works offline on a machine where torch, triton
+# and transformers are already installed. Results go to benchmarks/results/<gpu>/ and, when
+# $OUT is set, to $OUT.
+# Usage: bash scripts/gpu_check.sh [--no-bench] [--no-tests] [--no-training] [--training-only] [--tune]
+#   --no-training leaves the training steps and backward kernel rows out of the benchmark.
+#   --training-only runs only those (no tests, no forward grid), into benchmarks/results/<gpu>-training/.
 #   --tune also sweeps the Triton attention block sizes (scripts/tune_attention.py, ~1-2 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +19,13 @@ export BERTFAST_GIT_COMMIT="${BERTFAST_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/n
 python="${PYTHON:-python3}"
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
-run_tests=1 run_bench=1 run_tune=0
+run_tests=1 run_bench=1 run_tune=0 bench_args=() dest_suffix="" run_profile=1
 for arg in "$@"; do
     case "$arg" in
         --no-tests) run_tests=0 ;;
         --no-bench) run_bench=0 ;;
+        --no-training) bench_args+=(--no-training) ;;
+        --training-only) bench_args+=(--training-only); run_tests=0; dest_suffix="-training"; run_profile=0 ;;
         --tune) run_tune=1 ;;
         *) echo "unknown option $arg" >&2; exit 2 ;;
     esac
@@ -42,13 +48,13 @@ if [ "$run_tests" = 1 ]; then
 fi
 
 if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; then
-    echo "== benchmark (quick grid)"
-    dest=$("$python" -c "from bertfast.bench.suite import device_tag; print('benchmarks/results/' + device_tag('cuda'))")
-    "$python" -m bertfast bench --quick --device cuda --output "$dest" 2>&1 | tee "$out/bench.log"
+    echo "== benchmark (quick grid ${bench_args[*]+${bench_args[*]}})"
+    dest=$("$python" -c "from bertfast.bench.suite import device_tag; print('benchmarks/results/' + device_tag('cuda'))")$dest_suffix
+    "$python" -m bertfast bench --quick --device cuda --output "$dest" ${bench_args[@]+"${bench_args[@]}"} 2>&1 | tee "$out/bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     cp "$dest"/*.json "$dest"/*.md "$out/" 2>/dev/null
 fi
-if [ "$run_bench" = 1 ]; then
+if [ "$run_bench" = 1 ] && [ "$run_profile" = 1 ]; then
     echo "== forward profile (kernel time vs wall time, launches per forward)"
     "$python" scripts/profile_forward.py "${dest:-$out}" 2>&1 | tee "$out/profile.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -78,6 +78,7 @@ def suite_run(tmp_path_factory):
             backends=["hf-eager", "hf-sdpa", "bertfast-torch", "bertfast-cuda", "wrong"],
             varlen=["3x16"],
             rep_ms=10,
+            training=False,  # the training rows: tests/test_bench_training.py
         )
         results = run_suite(settings, out, log=lines.append)
     return results, out, lines

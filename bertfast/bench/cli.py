@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from bertfast.bench.settings import CONFIG_NAMES, DTYPES, E2E_BACKENDS
+from bertfast.bench.settings import (
+    CONFIG_NAMES,
+    DTYPES,
+    E2E_BACKENDS,
+    TRAIN_BACKENDS,
+    TRAIN_HEADS,
+    TRAIN_PRECISIONS,
+)
 
 # Default results folder, under the current directory and named for what it holds, so a run
 # never writes into a repository's committed results (benchmarks/results/ here).
@@ -15,8 +22,11 @@ DEFAULT_OUTPUT = "bertfast-bench-results"
 DESCRIPTION = """\
 Benchmark bertfast against Hugging Face transformers (eager, SDPA, torch.compile) on the same
 weights and inputs: an end-to-end grid (time, tokens/s, TFLOP/s, fraction of the measured
-matmul ceiling, speedup, error against an fp32 reference) and kernel micro-benchmarks. Writes
-results.json, results.md and PNG plots. See benchmarks/README.md for the columns."""
+matmul ceiling, speedup, error against an fp32 reference), kernel micro-benchmarks (forward,
+and forward + backward) and training steps (forward, loss, backward and AdamW step of
+BertForSequenceClassification and BertForPreTraining: time, peak memory, loss and gradient
+error against HF eager in fp32). Writes results.json, results.md and PNG plots. See
+benchmarks/README.md for the columns."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", help="cpu, cuda or cuda:N (default: cuda if torch sees a GPU, else cpu)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a small grid and fewer repeats (GPU: < 4 min)"
+        "--quick",
+        action="store_true",
+        help="a small grid and fewer repeats (GPU: < 4 min for the forward; the training "
+        "rows add minutes, not yet measured: hf-compile compiles a training step twice)",
     )
     parser.add_argument(
         "--output",
@@ -55,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backends",
         nargs="+",
         metavar="NAME",
-        help=f"among {', '.join(E2E_BACKENDS)} (default: all; those that cannot run here are "
-        "listed as skipped)",
+        help=f"among {', '.join(E2E_BACKENDS)} and, for training only, "
+        f"{', '.join(b for b in TRAIN_BACKENDS if b not in E2E_BACKENDS)} (default: all; those "
+        "that cannot run here are listed as skipped; the training rows take those that train)",
     )
     parser.add_argument(
         "--varlen",
@@ -66,7 +80,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: one per config at the largest batch and seq)",
     )
     parser.add_argument(
-        "--no-kernels", action="store_true", help="skip the kernel micro-benchmarks"
+        "--no-kernels",
+        action="store_true",
+        help="skip the kernel micro-benchmarks (forward and forward + backward)",
+    )
+    training = parser.add_mutually_exclusive_group()
+    training.add_argument(
+        "--no-training",
+        action="store_true",
+        help="skip the training steps and the kernels' forward + backward rows",
+    )
+    training.add_argument(
+        "--training-only",
+        action="store_true",
+        help="only the training steps and the kernels' forward + backward rows (no forward "
+        "grid, no forward kernel rows)",
+    )
+    parser.add_argument(
+        "--train-cases",
+        nargs="+",
+        metavar="CONFIG:BxS",
+        help="training-step shapes, each run with every head (default: GPU bert-base:32x128 "
+        "bert-large:8x384; CPU tiny:2x16, and tiny:4x32 without --quick); training rows: "
+        f"{', '.join(TRAIN_BACKENDS)} among --backends",
+    )
+    parser.add_argument(
+        "--train-heads",
+        nargs="+",
+        metavar="HEAD",
+        choices=TRAIN_HEADS,
+        help=f"heads of the training steps among {', '.join(TRAIN_HEADS)} (default: both)",
+    )
+    parser.add_argument(
+        "--train-precision",
+        choices=TRAIN_PRECISIONS,
+        help="training precision: bf16 = torch.autocast(bf16) over fp32 master weights (GPU "
+        "default), fp32 = no autocast (CPU default: the Triton interpreter refuses bf16)",
     )
     parser.add_argument(
         "--compile-on-cpu", action="store_true", help="run the hf-compile baseline on the CPU too"
@@ -110,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
         compile_on_cpu=args.compile_on_cpu,
         rep_ms=args.rep_ms,
         seed=args.seed,
+        training=not args.no_training,
+        forward=not args.training_only,
+        train_cases=args.train_cases,
+        train_heads=args.train_heads,
+        train_precision=args.train_precision,
     )
     output = args.output or Path(DEFAULT_OUTPUT) / device_tag(settings.device)
     run_suite(settings, output)

@@ -171,6 +171,8 @@ def run_e2e(
     skipped: list[dict] = []
     active = []
     for name in settings.backends:
+        if name not in RUNNERS:
+            continue  # a training-only backend (bertfast.bench.training.TRAINERS)
         reason = _unavailable(name, device, settings)
         if reason is None:
             active.append(name)

@@ -7,7 +7,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from bertfast.bench.settings import E2E_BACKENDS
+from bertfast.bench.settings import E2E_BACKENDS, TRAIN_BACKENDS
 
 E2E_COLUMNS = [
     ("backend", "backend", "s"),
@@ -46,6 +46,35 @@ KERNEL_COLUMNS = [
     ("speedup_vs_baseline", "× baseline", ".2f"),
     ("baseline", "baseline", "s"),
     ("max_abs_err", "max abs err", ".2e"),
+]
+
+KERNEL_BACKWARD_COLUMNS = [
+    *KERNEL_COLUMNS[:-1],
+    ("max_abs_err", "grad max abs err", ".2e"),
+    ("worst_grad", "worst grad", "s"),
+]
+TRAIN_COLUMNS = [
+    ("backend", "backend", "s"),
+    ("config", "config", "s"),
+    ("head", "head", "s"),
+    ("batch", "batch", "d"),
+    ("seq", "seq", "d"),
+    ("dtype", "dtype", "s"),
+    ("median_ms", "ms/step", ".4g"),
+    ("p10_ms", "p10 ms", ".4g"),
+    ("p90_ms", "p90 ms", ".4g"),
+    ("speedup_vs_hf_eager", "× hf-eager", ".2f"),
+    ("tokens_per_s", "tokens/s", ",.0f"),
+    ("frac_ceiling", "of matmul ceiling", "%"),
+    ("peak_mib", "peak MiB", ",.0f"),
+    ("peak_ratio_vs_hf_eager", "peak / hf-eager", ".2f"),
+    ("loss_abs_err", "loss err", ".2e"),
+    ("grad_max_abs_err", "grad max abs err", ".2e"),
+    ("grad_rel_err", "grad rel err", ".1e"),
+    ("grad_err_ratio", "grad err ratio", ".2f"),
+    ("within_rule", "within 3× rule", "b"),
+    ("compile_s", "compile s", ".1f"),
+    ("note", "note", "s"),
 ]
 
 
@@ -104,7 +133,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
 
 
 def _where(entry: dict) -> str:
-    keys = ("op", "config", "case", "variant", "batch", "seq", "dtype")
+    keys = ("op", "pass", "config", "head", "case", "variant", "batch", "seq", "dtype")
     parts = [f"{k} {entry[k]}" for k in keys if entry.get(k) not in (None, "")]
     return ", ".join(parts) if parts else "every case"
 
@@ -131,10 +160,13 @@ def render_markdown(results: dict) -> str:
         "",
         _settings_line(results.get("settings", {})),
         "",
-        "## End to end (last_hidden_state; error against HF eager in fp32, real tokens only)",
-        "",
-        *_table(results["rows"], E2E_COLUMNS),
     ]
+    if results["rows"] or not results.get("training_rows"):
+        lines += [
+            "## End to end (last_hidden_state; error against HF eager in fp32, real tokens only)",
+            "",
+            *_table(results["rows"], E2E_COLUMNS),
+        ]
     if results["kernel_rows"]:
         lines += [
             "",
@@ -143,6 +175,21 @@ def render_markdown(results: dict) -> str:
             *_kernel_note(results),
             *_table(results["kernel_rows"], KERNEL_COLUMNS),
         ]
+    if results.get("kernel_backward_rows"):
+        title = kernel_section_title(results["kernel_backward_rows"])
+        lines += [
+            "",
+            f"## Kernels, forward + backward: {title}",
+            "",
+            "Each op's forward and `torch.autograd.grad` of its inputs for the same output "
+            "gradient; the error is the largest max abs difference of any input gradient from "
+            "the fp32 reference's autograd (`worst grad` names that input).",
+            "",
+            *_table(results["kernel_backward_rows"], KERNEL_BACKWARD_COLUMNS),
+        ]
+    if results.get("training_rows") or any(s.get("kind") == "train" for s in results["skipped"]):
+        lines += ["", "## Training steps", "", *_training_note(results), ""]
+        lines += _table(results.get("training_rows", []), TRAIN_COLUMNS)
     if results["skipped"]:
         lines += ["", "## Skipped", ""]
         for s in results["skipped"]:
@@ -181,6 +228,45 @@ def _kernel_note(results: dict) -> list[str]:
     if reasons:
         text += " " + "; ".join(reasons) + "."
     return [text, ""]
+
+
+def _training_note(results: dict) -> list[str]:
+    """What a training row measured and how it was checked, from the rows and settings."""
+    rows = results.get("training_rows", [])
+    settings = results.get("settings", {})
+    precision = settings.get("train_precision", rows[0]["dtype"] if rows else "fp32")
+    if precision == "fp32":
+        how = "fp32 without autocast"
+    else:
+        how = f"forward and loss under torch.autocast({precision}) over fp32 master weights"
+    dropouts = sorted({(r["dropout"], r["attention_dropout"]) for r in rows})
+    dropout = ", ".join(f"hidden {h:g} / attention {a:g}" for h, a in dropouts) if dropouts else "–"
+    optimizers = ", ".join(sorted({r["optimizer"] for r in rows})) or "AdamW"
+    text = (
+        f"One step: zero_grad, {how}, backward, {optimizers} step (lr 5e-5), median ms per "
+        f"step. Classification: cross-entropy on random labels; pre-training: masked-LM loss "
+        f"at ~15 % of the positions plus next-sentence loss. Timed with the config's dropout "
+        f"({dropout}) on every row. Check: one forward and backward from the same weights, "
+        f"before any optimizer step, on a copy with dropout 0, in the row's precision; loss "
+        f"and every parameter's gradient against HF eager in fp32 (TF32 off). `grad max abs "
+        f"err` is the largest over all parameters, `grad rel err` that over the largest "
+        f"reference gradient; within the rule: both errors ≤ 3 × hf-eager's in the same "
+        f"precision + atol. `× hf-eager` and `peak / hf-eager`: hf-eager's time or peak over "
+        f"this row's (a peak ratio below 1 is less memory)."
+    )
+    device = results.get("device", {}).get("type") or settings.get("device", "")
+    if not str(device).startswith("cuda"):
+        text += (
+            " Peak memory is read on CUDA devices only (torch.cuda.max_memory_allocated); "
+            "this run has none."
+        )
+    else:
+        text += (
+            " Peak MiB: the rise of torch.cuda.max_memory_allocated over two steps above what "
+            "was allocated before the model was built (weights, gradients, AdamW state, "
+            "activations)."
+        )
+    return [text]
 
 
 def _settings_line(settings: dict) -> str:
@@ -270,19 +356,14 @@ def _e2e_figure(
     return fig
 
 
-def _kernel_figure(results: dict):
+def _kernel_figure(results: dict, what: str = ""):
     from matplotlib.figure import Figure
 
     rows = results["kernel_rows"]
     op_names = list(dict.fromkeys(r["op"] for r in rows))
     fig = Figure(figsize=(10, 3.6 * len(op_names) + 0.4), layout="constrained")
-    fig.suptitle(
-        _wrapped(
-            f"Kernels: {kernel_section_title(rows)} — {results.get('device', {}).get('name', '')}",
-            10,
-            11,
-        )
-    )
+    title = f"Kernels{', ' + what if what else ''}: {kernel_section_title(rows)}"
+    fig.suptitle(_wrapped(f"{title} — {results.get('device', {}).get('name', '')}", 10, 11))
     axes = fig.subplots(len(op_names), 1, squeeze=False)[:, 0]
     for ax, op in zip(axes, op_names, strict=True):
         op_rows = [r for r in rows if r["op"] == op]
@@ -303,6 +384,42 @@ def _kernel_figure(results: dict):
         metric = op_rows[0]["metric"]
         ceiling = "matmul" if metric == "TFLOP/s" else "copy"
         ax.set_title(f"{op}: {metric} / measured {ceiling} ceiling", fontsize=10)
+    return fig
+
+
+def _training_label(r: dict) -> str:
+    return f"{r['config']} {r['head']} b{r['batch']}×s{r['seq']}"
+
+
+def _training_figure(results: dict):
+    """Speedup over hf-eager per backend and training case; below it, peak memory over
+    hf-eager's where it was measured (CUDA)."""
+    from matplotlib.figure import Figure
+
+    rows = results["training_rows"]
+    panels = [("speedup_vs_hf_eager", "speedup over hf-eager", "{:.2f}")]
+    if any(r.get("peak_ratio_vs_hf_eager") is not None for r in rows):
+        panels.append(("peak_ratio_vs_hf_eager", "peak memory / hf-eager's", "{:.2f}"))
+    labels = list(dict.fromkeys(_training_label(r) for r in rows))
+    known = [b for b in TRAIN_BACKENDS if b in {r["backend"] for r in rows}]
+    backends = known + sorted({r["backend"] for r in rows} - set(known))
+    width = max(7.0, 0.9 * len(labels) + 3)
+    fig = Figure(figsize=(width, 4.2 * len(panels) + 0.4), layout="constrained")
+    dtypes = ", ".join(dict.fromkeys(r["dtype"] for r in rows))
+    fig.suptitle(
+        _wrapped(
+            f"Training step ({dtypes}) — {results.get('device', {}).get('name', '')}", width, 11
+        )
+    )
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (key, ylabel, fmt) in zip(axes, panels, strict=True):
+        value = {(r["backend"], _training_label(r)): r.get(key) for r in rows}
+        series = {
+            b: [math.nan if value.get((b, c)) is None else value[b, c] for c in labels]
+            for b in backends
+        }
+        _bars(ax, labels, series, ylabel, fmt)
+        ax.axhline(1.0, color="black", linewidth=0.8)
     return fig
 
 
@@ -341,6 +458,11 @@ def plot_results(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
         )
     if results["kernel_rows"]:
         figures.append(("kernels.png", _kernel_figure(results)))
+    if results.get("kernel_backward_rows"):
+        backward = {**results, "kernel_rows": results["kernel_backward_rows"]}
+        figures.append(("kernels_backward.png", _kernel_figure(backward, "forward + backward")))
+    if results.get("training_rows"):
+        figures.append(("training.png", _training_figure(results)))
     written = []
     for name, fig in figures:
         fig.savefig(out / name, dpi=110)

@@ -2,13 +2,14 @@
 
 ``make_settings`` turns the command line's choices into a ``BenchSettings``: defaults depend on
 the device (small shapes and fp32 on the CPU) and on ``quick``. Giving configs, batches or seqs
-replaces the default grid with their product.
+replaces the default grid with their product. The training steps have their own cases
+(``TrainCase``: a config, a head, batch and seq), unaffected by configs, batches and seqs.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +33,23 @@ E2E_BACKENDS = (
     "bertfast-cuda-graph",
     "bertfast-triton-fused-graph",
 )
+# Backends of the training rows, in table order (bertfast.bench.training.TRAINERS builds them).
+# The graph and max-autotune rows are inference only; a bertfast backend trains eagerly.
+TRAIN_BACKENDS = (
+    "hf-eager",
+    "hf-sdpa",
+    "hf-compile",
+    "bertfast-torch",
+    "bertfast-triton",
+    "bertfast-cuda",
+    "bertfast-triton-fused",  # training only: eager, GEMM epilogues fused
+)
+# The heads a training step runs: Hugging Face's BertForSequenceClassification and
+# BertForPreTraining (and bertfast.heads' classes of the same names).
+TRAIN_HEADS = ("classification", "pretraining")
+# Training precision: "bf16" is torch.autocast(bf16) over fp32 master weights, "fp32" no
+# autocast (the CPU's default: the Triton interpreter refuses bf16).
+TRAIN_PRECISIONS = ("bf16", "fp32")
 MAX_SEQ = 512  # max_position_embeddings of every config above
 VARLEN_FILL = 0.5  # mean fill of the variable-length cases
 
@@ -52,6 +70,20 @@ class Case:
     @property
     def label(self) -> str:
         return f"{self.config} b{self.batch}×s{self.seq}" + (" varlen" if self.varlen else "")
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """One training-step shape: a config and head, a dense batch of ``batch`` × ``seq``."""
+
+    config: str
+    head: str
+    batch: int
+    seq: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} {self.head} b{self.batch}×s{self.seq}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,14 @@ class BenchSettings:
     timer: TimerSettings
     compile_on_cpu: bool = False
     seed: int = 0
+    # Training steps (bertfast.bench.training): their cases, precision, timer and which
+    # cases hf-compile runs (None: every one); kernel_passes says whether the kernel
+    # micro-benchmarks time the forward, the forward + backward, or both.
+    train_cases: list[TrainCase] = field(default_factory=list)
+    train_precision: str = "fp32"
+    train_timer: TimerSettings | None = None
+    train_compile_cases: list[TrainCase] | None = None
+    kernel_passes: tuple[str, ...] = ("forward", "backward")
 
     @property
     def configs(self) -> list[str]:
@@ -101,6 +141,13 @@ class BenchSettings:
             "compile_on_cpu": self.compile_on_cpu,
             "seed": self.seed,
             "varlen_fill": VARLEN_FILL,
+            "train_cases": [c.label for c in self.train_cases],
+            "train_precision": self.train_precision,
+            "train_timer": None if self.train_timer is None else self.train_timer.__dict__,
+            "train_compile_cases": None
+            if self.train_compile_cases is None
+            else [c.label for c in self.train_compile_cases],
+            "kernel_passes": list(self.kernel_passes),
         }
 
 
@@ -115,6 +162,14 @@ def parse_shape(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"shape {text!r} is not BATCHxSEQ (for example 32x512)") from None
     return batch, seq
+
+
+def parse_train_case(text: str) -> tuple[str, int, int]:
+    """``"bert-base:32x128"`` -> ("bert-base", 32, 128)."""
+    config, sep, shape = text.partition(":")
+    if not sep:
+        raise ValueError(f"training case {text!r} is not CONFIG:BATCHxSEQ (e.g. bert-base:32x128)")
+    return (config, *parse_shape(shape))
 
 
 def _timer(gpu: bool, quick: bool) -> TimerSettings:
@@ -142,6 +197,35 @@ QUICK_GPU_CASES = [
     Case("bert-base", 32, 512),  # the padded cost beside the varlen case
     Case("bert-base", 32, 512, varlen=True),
 ]
+
+
+def _train_timer(gpu: bool, quick: bool) -> TimerSettings:
+    """A step takes tens of ms on a GPU (the forward's timer fits); on the CPU fewer repeats,
+    since a step on the Triton interpreter takes seconds."""
+    if gpu:
+        return _timer(gpu, quick)
+    if quick:
+        return TimerSettings(1, 300.0, 2, 20, 2, False)
+    return TimerSettings(1, 1000.0, 3, 50, 2, False)
+
+
+# (on a GPU, quick) -> (config, batch, seq) of the training steps, each run with every head:
+# the issue's shapes on a GPU, the bench's tiny preset on the CPU (seconds, for CI).
+TRAIN_SHAPES: dict[tuple[bool, bool], list[tuple[str, int, int]]] = {
+    (True, False): [("bert-base", 32, 128), ("bert-large", 8, 384)],
+    (True, True): [("bert-base", 32, 128), ("bert-large", 8, 384)],
+    (False, False): [("tiny", 2, 16), ("tiny", 4, 32)],
+    (False, True): [("tiny", 2, 16)],
+}
+
+
+def default_train_cases(gpu: bool, quick: bool) -> list[TrainCase]:
+    """Every head at each default training shape of the device."""
+    return [
+        TrainCase(config, head, batch, seq)
+        for config, batch, seq in TRAIN_SHAPES[gpu, quick]
+        for head in TRAIN_HEADS
+    ]
 
 
 # (on a GPU, quick) -> (batch, seq) of the kernel micro-benchmarks
@@ -185,13 +269,24 @@ def make_settings(
     compile_on_cpu: bool = False,
     rep_ms: float | None = None,
     seed: int = 0,
+    training: bool = True,
+    forward: bool = True,
+    train_cases: list[str] | None = None,
+    train_heads: list[str] | None = None,
+    train_precision: str | None = None,
 ) -> BenchSettings:
     """Settings for a run; raises ValueError naming any choice that cannot be honoured.
 
     ``varlen`` lists BATCHxSEQ shapes run with variable lengths for every config (``["none"]``
     for no varlen case); by default each config gets one at its largest batch and seq.
+    ``training`` adds the training steps and the kernels' forward + backward rows;
+    ``forward=False`` leaves out the end-to-end forward grid and the kernels' forward rows.
+    ``train_cases`` lists CONFIG:BATCHxSEQ shapes, each run with every head of ``train_heads``
+    (default: both); ``train_precision`` is bf16 (autocast, fp32 master weights; the GPU's
+    default) or fp32 (the CPU's).
     """
     from bertfast.bench.runners import RUNNERS
+    from bertfast.bench.training import TRAINERS
 
     device = device or default_device()
     dev = torch.device(device)
@@ -215,10 +310,12 @@ def make_settings(
     for d in dtypes:
         if d not in DTYPES:
             raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
-    backends = backends or [b for b in E2E_BACKENDS if b in RUNNERS]
+    known = {**RUNNERS, **TRAINERS}
+    default = [b for b in E2E_BACKENDS if b in RUNNERS]
+    backends = backends or default + [b for b in TRAIN_BACKENDS if b in known and b not in default]
     for b in backends:
-        if b not in RUNNERS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(RUNNERS)}")
+        if b not in known:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(known)}")
 
     if not (configs or batches or seqs):
         cases = default_cases(gpu, quick)
@@ -239,13 +336,50 @@ def make_settings(
             configs_in_grid = dict.fromkeys(c.config for c in cases)
             cases += [Case(c, b, s, varlen=True) for c in configs_in_grid for b, s in shapes]
 
-    kernel_shapes = list(KERNEL_SHAPES[gpu, quick]) if kernels else []
+    if not forward and not training:
+        raise ValueError("nothing to measure: the forward grid and the training steps are both off")
+    kernel_passes = tuple(
+        p for p, on in (("forward", forward), ("backward", training)) if on and kernels
+    )
+    kernel_shapes = list(KERNEL_SHAPES[gpu, quick]) if kernel_passes else []
+    if not forward:
+        cases, compile_cases = [], []
+
+    heads = train_heads or list(TRAIN_HEADS)
+    for head in heads:
+        if head not in TRAIN_HEADS:
+            raise ValueError(f"unknown head {head!r}; choose from {', '.join(TRAIN_HEADS)}")
+    if train_cases is None:
+        train = [c for c in default_train_cases(gpu, quick) if c.head in heads]
+    else:
+        train = []
+        for text in train_cases:
+            config, batch, seq = parse_train_case(text)
+            if config not in CONFIG_NAMES:
+                raise ValueError(
+                    f"unknown config {config!r} in training case {text!r}; choose from "
+                    f"{', '.join(CONFIG_NAMES)}"
+                )
+            if batch < 1 or seq < 1 or seq > MAX_SEQ:
+                raise ValueError(f"training case {text!r}: batch >= 1 and 1 <= seq <= {MAX_SEQ}")
+            train += [TrainCase(config, head, batch, seq) for head in heads]
+    if not training:
+        train = []
+    precision = train_precision or ("bf16" if gpu else "fp32")
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(
+            f"unknown training precision {precision!r}; choose from {', '.join(TRAIN_PRECISIONS)}"
+        )
+    # --quick compiles one training case too (a training graph compiles for tens of seconds).
+    train_compile_cases = train[:1] if quick else None
 
     timer = _timer(gpu, quick)
+    train_timer = _train_timer(gpu, quick)
     if rep_ms is not None:
         if rep_ms <= 0:
             raise ValueError(f"rep_ms must be positive, got {rep_ms}")
         timer = TimerSettings(**{**timer.__dict__, "rep_ms": float(rep_ms)})
+        train_timer = TimerSettings(**{**train_timer.__dict__, "rep_ms": float(rep_ms)})
     return BenchSettings(
         device=str(dev),
         quick=quick,
@@ -257,4 +391,9 @@ def make_settings(
         timer=timer,
         compile_on_cpu=compile_on_cpu,
         seed=seed,
+        train_cases=train,
+        train_precision=precision,
+        train_timer=train_timer,
+        train_compile_cases=train_compile_cases,
+        kernel_passes=kernel_passes,
     )

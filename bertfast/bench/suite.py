@@ -1,4 +1,5 @@
-"""One benchmark run: the machine, its ceilings, the end-to-end grid, the kernels, the files."""
+"""One benchmark run: the machine, its ceilings, the end-to-end grid, the kernels (forward, and
+forward + backward), the training steps, the files."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import torch
 import bertfast
 from bertfast import ops
 from bertfast.bench.e2e import run_e2e
-from bertfast.bench.kernels import run_kernels
+from bertfast.bench.kernels import run_kernel_backwards, run_kernels
 from bertfast.bench.report import plot_results, render_markdown, write_json
 from bertfast.bench.settings import BenchSettings
 from bertfast.bench.timing import measure_ceilings
+from bertfast.bench.training import run_training
 
 SCHEMA_VERSION = 1
 
@@ -127,16 +129,24 @@ def run_suite(
     results["backend_report"] = ops.backend_report(device)
     log(
         f"bertfast bench on {results['device']['name']}: {len(settings.cases)} cases, "
-        f"dtypes {settings.dtypes}, backends {settings.backends}"
+        f"{len(settings.train_cases)} training cases, dtypes {settings.dtypes}, "
+        f"backends {settings.backends}"
     )
-    ceilings = measure_ceilings(device, settings.dtypes, settings.timer, log)
-    rows, skipped = run_e2e(settings, ceilings, log)
+    dtypes = list(settings.dtypes)
+    if settings.train_cases and settings.train_precision not in dtypes:
+        dtypes.append(settings.train_precision)  # the training rows' fraction of the ceiling
+    ceilings = measure_ceilings(device, dtypes, settings.timer, log)
+    rows, skipped = run_e2e(settings, ceilings, log) if settings.cases else ([], [])
     kernel_rows, kernel_skipped = run_kernels(settings, ceilings, log)
+    backward_rows, backward_skipped = run_kernel_backwards(settings, ceilings, log)
+    training_rows, training_skipped = run_training(settings, ceilings, log)
     results.update(
         ceilings=ceilings,
         rows=rows,
         kernel_rows=kernel_rows,
-        skipped=skipped + kernel_skipped,
+        kernel_backward_rows=backward_rows,
+        training_rows=training_rows,
+        skipped=skipped + kernel_skipped + backward_skipped + training_skipped,
         elapsed_s=time.perf_counter() - started,
     )
     out = Path(output)
