@@ -111,6 +111,15 @@ class _ZeroRowGradient(torch.autograd.Function):
         return grad, None
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype torch.autocast runs GEMMs in on ``device`` now, None when it is off. Under
+    autocast the kernels take its layout: float16/bfloat16 GEMM outputs beside float32
+    parameters and residual stream, each LayerNorm's output in the stream's float32."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig, device=None, dtype=None):
         super().__init__()
@@ -241,11 +250,15 @@ class BertLayer(nn.Module):
 
     def _forward_fused(self, context, hidden, backend: str, validate: bool) -> torch.Tensor:
         dropout_p = self.dropout.p if self.training else 0.0
+        autocast = _autocast_dtype(context.device)
 
         def project(x, linear: nn.Linear, epilogue: str, residual=None, norm=None):
+            weight = linear.weight
+            if autocast is not None:  # as autocast casts F.linear's operands
+                x, weight = x.to(autocast), weight.to(autocast)
             return ops.linear_epilogue(
                 x,
-                linear.weight,
+                weight,
                 linear.bias,
                 epilogue,
                 residual,
@@ -449,7 +462,8 @@ class BertModel(nn.Module):
         self.cuda_graphs = cuda_graphs
         self.fused_epilogues = fused_epilogues
         self.graphs = None  # bertfast.graphs.PackedGraphs, made on the first graph forward
-        self._validated: set[tuple] = set()  # (device, dtype, backend) whose layouts passed
+        # (device, dtype, backend, autocast dtype) whose layouts and dtypes passed the checks
+        self._validated: set[tuple] = set()
         self.init_weights()
 
     @torch.no_grad()
@@ -570,7 +584,7 @@ class BertModel(nn.Module):
             )
             hidden = packed.unpack(hidden)
             all_hidden = [packed.unpack(h) for h in all_hidden]
-        self._validated.add((self.device, self.dtype, backend))
+        self._validated.add(self._validation_key(backend))
         pooled = self.pool(hidden)
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         output = BertModelOutput(hidden, pooled, hidden_states)
@@ -579,7 +593,11 @@ class BertModel(nn.Module):
     def _first_forward_on(self, backend: str) -> bool:
         """Layouts of weights are checked on the first forward per device, dtype and backend;
         later forwards skip the per-op checks (the inputs are validated at the edge)."""
-        return (self.device, self.dtype, backend) not in self._validated
+        return self._validation_key(backend) not in self._validated
+
+    def _validation_key(self, backend: str) -> tuple:
+        # Autocast changes the activations' dtype beside the parameters': checked anew.
+        return (self.device, self.dtype, backend, _autocast_dtype(self.device))
 
     def _graphs_for_forward(self, backend: str):
         """The graph runner when this forward may replay a graph, else None."""
@@ -590,6 +608,8 @@ class BertModel(nn.Module):
             return None
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
+        if _autocast_dtype(self.device) is not None:
+            return None  # graphs are captured in the model's dtype: autocast runs eagerly
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None  # already inside someone's capture: run the ops into it
         if self.graphs is None:

@@ -300,3 +300,43 @@ def test_saved_activations_are_what_the_backward_needs(tmp_path):
     )
     assert [s for s in hf_shapes if len(s) >= 2 and s[-2:] == (seq, seq)]  # the probabilities
     assert ours < 0.75 * theirs, (ours, theirs)
+
+
+def test_autocast_training_follows_transformers_under_autocast(tmp_path):
+    """Under torch.autocast (float16 on the CPU; bf16 on a GPU is in tests/gpu) the kernels take
+    autocast's layout, float16 GEMM outputs beside float32 parameters and residual stream: the
+    outputs have transformers' dtypes, and every gradient, fused epilogues or not, is within 3x
+    transformers' own autocast error of the fp32 gradients."""
+    path, hf = random_hf_bert(tmp_path, **NO_DROPOUT)
+    ids, types, mask = _batch()
+
+    def run(model, autocast, hf_model=False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            if hf_model:
+                out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            else:
+                out = model(ids, attention_mask=mask, token_type_ids=types)
+        loss = _loss(out.last_hidden_state.float(), out.pooler_output.float(), mask)
+        loss.backward()
+        dtypes = (out.last_hidden_state.dtype, out.pooler_output.dtype)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        return loss.detach(), dtypes, grads if hf_model else bertfast_to_hf(grads)
+
+    hf.train()
+    ref_loss, _, ref = run(hf, autocast=False, hf_model=True)
+    hf_loss, hf_dtypes, theirs = run(hf, autocast=True, hf_model=True)
+    assert hf_dtypes == (torch.float32, torch.float16)
+    for fused in (False, True):
+        model = BertModel.from_pretrained(path, backend="triton", fused_epilogues=fused).train()
+        loss, dtypes, ours = run(model, autocast=True)
+        assert dtypes == hf_dtypes, f"fused={fused}"
+        loss_err, hf_loss_err = abs(loss - ref_loss).item(), abs(hf_loss - ref_loss).item()
+        assert loss_err <= 3 * hf_loss_err + 1e-4, (fused, loss_err, hf_loss_err)
+        for name, expected in ref.items():
+            err = (ours[name] - expected).abs().max().item()
+            hf_err = (theirs[name] - expected).abs().max().item()
+            scale = expected.abs().max().item()
+            assert err <= 3 * hf_err + 1e-5 * (1 + scale), (
+                f"fused={fused} {name}: {err:.3e} > 3 x {hf_err:.3e}"
+            )

@@ -22,12 +22,53 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
 
 
-def check_vector(name: str, t: torch.Tensor | None, size: int, ref: torch.Tensor) -> None:
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_same_or_fp32(
+    name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, backend: str
+) -> None:
+    """``t`` shares ``ref``'s device and dtype, or is float32 beside a float16/bfloat16 ``ref``:
+    the layout torch.autocast makes (fp32 parameters and residual stream, low-precision GEMM
+    outputs), which the Triton kernels and the references read in fp32. The CUDA kernels take
+    one dtype for every input."""
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype == ref.dtype:
+        return
+    mixed = t.dtype == torch.float32 and ref.dtype in LOW_PRECISION
+    if mixed and backend != "cuda":
+        return
+    if mixed:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}: the cuda kernels take "
+            f"one dtype for every input (the triton and torch backends read float32 "
+            f"parameters beside {ref.dtype} activations, as under torch.autocast)"
+        )
+    also = " or torch.float32 (as under torch.autocast)" if ref.dtype in LOW_PRECISION else ""
+    raise TypeError(
+        f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; {name} may be "
+        f"{ref.dtype}{also}"
+    )
+
+
+def check_vector(
+    name: str,
+    t: torch.Tensor | None,
+    size: int,
+    ref: torch.Tensor,
+    backend: str | None = None,
+) -> None:
+    """A (size,) parameter on ``ref``'s device; of its dtype, or (with a ``backend``) float32
+    beside low-precision activations (``check_same_or_fp32``)."""
     if t is None:
         return
     if t.dim() != 1 or t.shape[0] != size:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
-    check_same(name, t, "the input", ref)
+    if backend is None:
+        check_same(name, t, "the input", ref)
+    else:
+        check_same_or_fp32(name, t, "the input", ref, backend)
 
 
 def as_rows(name: str, t: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def check_bias_gelu_inputs(
     x: torch.Tensor, bias: torch.Tensor | None, approximate: str, backend: str
 ) -> None:
     check_float("x", x)
-    check_vector("bias", bias, x.shape[-1], x)
+    check_vector("bias", bias, x.shape[-1], x, backend)  # float32 beside fp16/bf16 x: autocast
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(f"approximate={approximate!r}; supported: {GELU_APPROXIMATIONS}")
     if backend == "torch":

@@ -17,7 +17,7 @@ from bertfast.ops._checks import (
     check_float,
     check_kernel_device,
     check_kernel_tensor,
-    check_same,
+    check_same_or_fp32,
     check_vector,
 )
 from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
@@ -33,8 +33,9 @@ def bias_residual_layer_norm_reference(
     dropout_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """fp32 math, result in x's dtype; ``dropout_mask`` (x's shape, True = kept) drops
-    elements of x + bias and scales the kept ones by 1 / (1 - dropout_p)."""
+    """fp32 math, result in residual's dtype (x's but for the autocast layout: a float16 or
+    bfloat16 x beside a float32 residual stream); ``dropout_mask`` (x's shape, True = kept)
+    drops elements of x + bias and scales the kept ones by 1 / (1 - dropout_p)."""
     summed = x.float()
     if bias is not None:
         summed = summed + bias.float()
@@ -42,18 +43,19 @@ def bias_residual_layer_norm_reference(
         summed = torch.where(dropout_mask, summed / (1.0 - dropout_p), 0.0)
     summed = summed + residual.float()
     out = F.layer_norm(summed, (summed.shape[-1],), weight.float(), ln_bias.float(), eps)
-    return out.to(x.dtype)
+    return out.to(residual.dtype)
 
 
 def check_bias_residual_layer_norm_inputs(x, bias, residual, weight, ln_bias, backend) -> None:
     check_float("x", x)
-    check_same("residual", residual, "x", x)
+    # float32 residual and parameters beside a float16/bfloat16 x: the layout of autocast
+    check_same_or_fp32("residual", residual, "x", x, backend)
     if residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}")
     hidden = x.shape[-1]
-    check_vector("bias", bias, hidden, x)
-    check_vector("weight", weight, hidden, x)
-    check_vector("ln_bias", ln_bias, hidden, x)
+    check_vector("bias", bias, hidden, x, backend)
+    check_vector("weight", weight, hidden, x, backend)
+    check_vector("ln_bias", ln_bias, hidden, x, backend)
     if backend == "torch":
         return
     named = [("x", x), ("residual", residual), ("weight", weight), ("ln_bias", ln_bias)]
@@ -88,7 +90,7 @@ def _bias_residual_layer_norm_op(
 
 @_bias_residual_layer_norm_op.register_fake
 def _(x, bias, residual, weight, ln_bias, eps, backend, dropout_p=0.0, seed=None):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(residual, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("bertfast::bias_residual_layer_norm_backward", mutates_args=())
@@ -116,8 +118,8 @@ def _bias_residual_layer_norm_backward_op(
 @_bias_residual_layer_norm_backward_op.register_fake
 def _(grad, x, bias, residual, weight, eps, backend, dropout_p=0.0, seed=None):
     dbias = x.new_empty(0) if bias is None else torch.empty_like(bias)
-    dsum = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dx = torch.empty_like(dsum) if dropout_p else x.new_empty(0)
+    dsum = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if dropout_p else x.new_empty(0)
     return dsum, dx, dbias, torch.empty_like(weight), torch.empty_like(weight)
 
 

@@ -33,6 +33,7 @@ from bertfast.ops._checks import (
     check_kernel_device,
     check_kernel_tensor,
     check_same,
+    check_same_or_fp32,
     check_vector,
 )
 from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
@@ -55,8 +56,10 @@ def linear_epilogue_reference(
     dropout_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """fp32 GEMM and epilogue, result in x's dtype; ``dropout_mask`` (the output's shape, True
-    = kept; the LayerNorm epilogue) drops x @ weight.T + bias before the residual."""
+    """fp32 GEMM and epilogue, result in x's dtype (residual's for the LayerNorm epilogue:
+    a float32 residual stream beside float16/bfloat16 x, as under autocast); ``dropout_mask``
+    (the output's shape, True = kept; the LayerNorm epilogue) drops x @ weight.T + bias before
+    the residual."""
     y = F.linear(x.float(), weight.float(), bias.float())
     if dropout_mask is not None:
         y = torch.where(dropout_mask, y / (1.0 - dropout_p), 0.0)
@@ -68,6 +71,7 @@ def linear_epilogue_reference(
         y = F.layer_norm(
             y + residual.float(), (y.shape[-1],), ln_weight.float(), ln_bias.float(), eps
         )
+        return y.to(residual.dtype)
     return y.to(x.dtype)
 
 
@@ -86,18 +90,18 @@ def check_linear_epilogue_inputs(
     out_features = weight.shape[0]
     if bias is None:
         raise ValueError("linear_epilogue needs a bias (every BERT linear layer has one)")
-    check_vector("bias", bias, out_features, x)
+    check_vector("bias", bias, out_features, x, backend)  # float32 beside fp16/bf16 x
     norm_inputs = (("residual", residual), ("ln_weight", ln_weight), ("ln_bias", ln_bias))
     if epilogue == "bias_residual_layer_norm":
         for name, t in norm_inputs:
             if t is None:
                 raise ValueError(f"epilogue {epilogue!r} needs {name}")
-        check_same("residual", residual, "x", x)
+        check_same_or_fp32("residual", residual, "x", x, backend)
         expected = (*x.shape[:-1], out_features)
         if tuple(residual.shape) != expected:
             raise ValueError(f"residual has shape {tuple(residual.shape)}, expected {expected}")
-        check_vector("ln_weight", ln_weight, out_features, x)
-        check_vector("ln_bias", ln_bias, out_features, x)
+        check_vector("ln_weight", ln_weight, out_features, x, backend)
+        check_vector("ln_bias", ln_bias, out_features, x, backend)
     elif any(t is not None for _, t in norm_inputs):
         raise ValueError(f"residual and LayerNorm parameters belong to 'bias_residual_layer_norm', "
                          f"not to epilogue {epilogue!r}")  # fmt: skip
@@ -138,7 +142,8 @@ def _linear_epilogue_op(
 
 @_linear_epilogue_op.register_fake
 def _(x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, backend, p=0.0, seed=None):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
+    dtype = residual.dtype if epilogue == "bias_residual_layer_norm" else x.dtype
+    return x.new_empty(*x.shape[:-1], weight.shape[0], dtype=dtype)
 
 
 @torch.library.custom_op("bertfast::linear_epilogue_backward", mutates_args=())

@@ -59,7 +59,7 @@ def launch(
     x_rows = as_rows("x", x)
     residual_rows = as_rows("residual", residual)
     rows, hidden = x_rows.shape
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape, dtype=residual.dtype, device=x.device)  # the stream's dtype
     if rows == 0:
         return out
     block = triton.next_power_of_2(hidden)
@@ -175,8 +175,8 @@ def launch_backward(
     grad_rows = grad.reshape(rows, hidden)
     if hidden > 1 and grad_rows.stride(-1) != 1:
         grad_rows = grad_rows.contiguous()  # e.g. the expanded gradient of a sum()
-    dsum = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dx = torch.empty_like(dsum) if dropout_p else x.new_empty(0)
+    dsum = torch.empty(x.shape, dtype=residual.dtype, device=x.device)  # the stream's dtype
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if dropout_p else x.new_empty(0)
     if rows == 0:
         dbias = x.new_empty(0) if bias is None else torch.zeros_like(bias)
         return dsum, dx, dbias, torch.zeros_like(weight), torch.zeros_like(weight)

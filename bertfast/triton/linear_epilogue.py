@@ -155,10 +155,11 @@ def launch(
     x_rows = as_rows("x", x)
     m, k = x_rows.shape
     n = weight.shape[0]
-    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+    with_norm = epilogue == "bias_residual_layer_norm"
+    dtype = residual.dtype if with_norm else x.dtype  # the stream's dtype after a LayerNorm
+    out = torch.empty(*x.shape[:-1], n, dtype=dtype, device=x.device)
     if out.numel() == 0:
         return out
-    with_norm = epilogue == "bias_residual_layer_norm"
     fuse_norm = with_norm and n <= MAX_FUSED_LAYER_NORM
     block_m, block_n, block_k, group_m, warps, stages = config or block_config(
         n, fuse_norm, x.dtype
@@ -232,7 +233,7 @@ def launch_backward(
             grad_rows, pre, bias, as_rows("residual", residual), ln_weight, eps,
             dropout_p=dropout_p, seed=seed,
         )  # fmt: skip
-        dpre = dropped if dropout_p else dsum
+        dpre = (dropped if dropout_p else dsum).to(x.dtype)  # a float32 stream's dsum too
     elif epilogue == "bias":
         dpre = grad_rows
         dbias = grad_rows.sum(0, dtype=torch.float32).to(bias.dtype)
