@@ -227,3 +227,46 @@ def test_fused_epilogue_training_with_dropout(dtype):
         assert fused_err <= 3 * plain_err + 1e-5, (
             f"{dtype} {n}: {fused_err:.3e} > 3 x {plain_err:.3e}"
         )
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bf16_autocast_training_follows_transformers(fused, tmp_path):
+    """A training step under bf16 autocast (fp32 master weights) on the Triton kernels: the
+    outputs have transformers' dtypes and every gradient is within 3x transformers' own
+    autocast error of the fp32 gradients (dropout off)."""
+    transformers = pytest.importorskip("transformers")
+    from bertfast.weights import bertfast_to_hf
+
+    config = transformers.BertConfig(
+        vocab_size=1000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.BertModel(config).to(DEVICE).train()
+    hf.save_pretrained(tmp_path)
+    ours_model = BertModel.from_pretrained(
+        tmp_path, backend="triton", device=DEVICE, fused_epilogues=fused
+    ).train()
+    ids = torch.randint(1, 1000, (8, 128), device=DEVICE)
+    mask = mixed_mask(8, 128).to(DEVICE)
+
+    def run(model, autocast, is_hf):
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            kwargs = dict(attention_mask=mask.long())
+            out = model(input_ids=ids, **kwargs) if is_hf else model(ids, **kwargs)
+        loss = out.last_hidden_state[mask].float().square().mean()
+        loss = loss + out.pooler_output.float().square().mean()
+        loss.backward()
+        grads = {n: p.grad.double() for n, p in model.named_parameters()}
+        dtypes = (out.last_hidden_state.dtype, out.pooler_output.dtype)
+        return dtypes, grads if is_hf else bertfast_to_hf(grads)
+
+    _, ref = run(hf, False, True)
+    hf_dtypes, theirs = run(hf, True, True)
+    dtypes, ours = run(ours_model, True, False)
+    assert dtypes == hf_dtypes
+    for n, expected in ref.items():
+        hf_err = (theirs[n] - expected).abs().max().item()
+        err = (ours[n] - expected).abs().max().item()
+        assert err <= 3 * hf_err + 1e-5, f"fused={fused} {n}: {err:.3e} > 3 x {hf_err:.3e}"
