@@ -17,8 +17,12 @@ export TRITON_INTERPRET=0  # tests/conftest.py turns the interpreter on when uns
 # it: BERTFAST_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/gpu_check.sh
 export BERTFAST_GIT_COMMIT="${BERTFAST_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 python="${PYTHON:-python3}"
-out="${OUT:-gpu_results}"
+# Everything lands in gpu_results/ (and benchmarks/results/<gpu>/); when $OUT is set (a device
+# run, which brings back at most 8 files) it gets one archive of all of it plus the summaries.
+final_out="${OUT:-}"
+out="gpu_results"
 mkdir -p "$out"
+export OUT="$out"  # the scripts below also write their files to $OUT
 run_tests=1 run_bench=1 run_tune=0 bench_args=() dest_suffix="" run_profile=1
 for arg in "$@"; do
     case "$arg" in
@@ -45,6 +49,9 @@ if [ "$run_tests" = 1 ]; then
     echo "== GPU tests"
     "$python" -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tee "$out/gpu_tests.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    echo "== gradient errors of the Triton backward (fp32, fp16, bf16)"
+    "$python" scripts/gradient_errors.py "$out" --device cuda > "$out/gradients.log" 2>&1 \
+        || { status=1; tail -20 "$out/gradients.log"; }
 fi
 
 if [ "$run_bench" = 1 ] && "$python" -c "import bertfast.bench" 2>/dev/null; then
@@ -63,6 +70,14 @@ if [ "$run_tune" = 1 ]; then
     echo "== attention block-size sweep"
     # At most 8 files come back from a device run: the sweep writes only its JSON there.
     OUT="$out" "$python" scripts/tune_attention.py || status=1
+fi
+if [ -n "$final_out" ]; then
+    results=$("$python" -c "from bertfast.bench.suite import device_tag; print('benchmarks/results/' + device_tag('cuda'))" 2>/dev/null)
+    tar czf "$final_out/gpu_check.tar.gz" "$out" ${results:+$results*} bertfast/triton/attention_blocks.json 2>/dev/null
+    for f in gpu_tests.log bench.log gradient_errors.md profile.md; do
+        [ -f "$out/$f" ] && tail -c 200000 "$out/$f" > "$final_out/$f"
+    done
+    echo "packed $(tar tzf "$final_out/gpu_check.tar.gz" | wc -l) files into \$OUT/gpu_check.tar.gz"
 fi
 echo "gpu_check exit status: $status"
 exit $status
