@@ -17,7 +17,7 @@ from bertfast import ops
 from bertfast.bench import cli, make_settings, render_markdown, run_suite, training
 from bertfast.bench import kernels as bench_kernels
 from bertfast.bench import runners as bench_runners
-from bertfast.bench.settings import TrainCase, default_train_cases
+from bertfast.bench.settings import TimerSettings, TrainCase, default_train_cases
 from bertfast.config import BertConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -89,6 +89,8 @@ def training_run(tmp_path_factory):
             train_cases=["tiny:1x8"],
             rep_ms=1,
         )
+        # One warm-up and one timed step: a step on the interpreter takes a second or two.
+        settings.train_timer = TimerSettings(1, 1.0, 1, 1, 1, False)
         results = run_suite(settings, out, log=lines.append)
     return results, out, lines
 

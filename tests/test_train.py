@@ -186,7 +186,8 @@ def test_finetune_on_the_triton_backend(capsys, tmp_path, model_dir, sentiment):
     out_dir = tmp_path / "out"
     argv = ["--task", "classification", "--model", str(model_dir), "--train", sentiment[0]]
     common = [a for a in COMMON if a not in ("--backend", "torch")]
-    argv += ["--output", str(out_dir), "--backend", "triton", "--stop-after-steps", "2", *common]
+    argv += ["--output", str(out_dir), "--backend", "triton", "--stop-after-steps", "2"]
+    argv += ["--batch-size", "4", *common]
     code = main(["finetune", *argv])  # two steps: the interpreter is slow
     err = capsys.readouterr().err
     assert code == 0, err
