@@ -340,3 +340,23 @@ def test_autocast_training_follows_transformers_under_autocast(tmp_path):
             assert err <= 3 * hf_err + 1e-5 * (1 + scale), (
                 f"fused={fused} {name}: {err:.3e} > 3 x {hf_err:.3e}"
             )
+
+
+def test_auto_trains_on_the_kernels_that_have_a_backward(tmp_path):
+    """backend='auto' resolved to the CUDA kernels (none has a backward) trains on Triton's
+    and serves inference on CUDA's again in eval mode; the resolution to 'cuda' is faked (no
+    GPU here), the training forward and its gradients are real."""
+    path, _ = random_hf_bert(tmp_path, **NO_DROPOUT)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    model.requested_backend = "auto"
+    model._resolved[model.device] = "cuda"
+    assert model.backend == "triton"
+    with torch.no_grad():
+        assert model.backend == "cuda"
+    assert model.eval().backend == "cuda"
+    model.train()
+    loss, grads = _grads(model)
+    torch_loss, torch_grads = _grads(BertModel.from_pretrained(path, backend="torch").train())
+    assert_close(loss, torch_loss, atol=1e-4, rtol=1e-5, what="loss")
+    for name, expected in torch_grads.items():
+        assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=name)
