@@ -458,7 +458,7 @@ class BertModel(nn.Module):
         self.pooler = (
             nn.Linear(config.hidden_size, config.hidden_size, **kw) if add_pooling_layer else None
         )
-        self._resolved: dict[torch.device | tuple, str] = {}  # device (or "train", device)
+        self._resolved: dict[torch.device | tuple, str] = {}  # by device (and mode for auto)
         self.cuda_graphs = cuda_graphs
         self.fused_epilogues = fused_epilogues
         self.graphs = None  # bertfast.graphs.PackedGraphs, made on the first graph forward
@@ -493,34 +493,37 @@ class BertModel(nn.Module):
     def backend(self) -> str:
         """The backend that runs on the model's current device. With ``auto``, a training
         forward (train mode, grad enabled) runs on the first backend of ``AUTO_PRIORITY``
-        whose kernels all have a backward (the CUDA kernels have none: Triton's train)."""
+        whose kernels all have a backward, and a forward under torch.autocast on the first
+        that takes autocast's mixed dtypes: the CUDA kernels do neither, Triton's do both."""
         device = self.device
         if device not in self._resolved:
             backend = ops.resolve_backend(self.requested_backend, device, self.config.head_dim)
             ops.load_kernels(backend)
             self._resolved[device] = backend
         backend = self._resolved[device]
-        if self.requested_backend == "auto" and self.training and torch.is_grad_enabled():
-            return self._auto_training_backend(backend, device)
-        return backend
-
-    def _auto_training_backend(self, backend: str, device: torch.device) -> str:
-        if backend == "torch" or set(ops.OPS) <= set(ops.KERNEL_BACKWARD_OPS.get(backend, ())):
+        if self.requested_backend != "auto" or backend == "torch":
             return backend
-        key = ("train", device)
+        training = self.training and torch.is_grad_enabled()
+        autocast = _autocast_dtype(device) is not None
+        if not (training or autocast):
+            return backend
+        key = ("training" if training else "", "autocast" if autocast else "", device)
         if key not in self._resolved:
-            trains = [
-                b
-                for b in ops.AUTO_PRIORITY
-                if b == "torch"
-                or (
-                    set(ops.OPS) <= set(ops.KERNEL_BACKWARD_OPS.get(b, ()))
-                    and ops.BACKEND_INFO[b].reason(device, self.config.head_dim) is None
-                )
-            ]
-            ops.load_kernels(trains[0])
-            self._resolved[key] = trains[0]
+            chosen = next(
+                b for b in ops.AUTO_PRIORITY if self._auto_fits(b, device, training, autocast)
+            )
+            ops.load_kernels(chosen)
+            self._resolved[key] = chosen
         return self._resolved[key]
+
+    def _auto_fits(self, backend: str, device: torch.device, training: bool, autocast: bool):
+        if backend == "torch":
+            return True
+        if ops.BACKEND_INFO[backend].reason(device, self.config.head_dim) is not None:
+            return False
+        if training and not set(ops.OPS) <= set(ops.KERNEL_BACKWARD_OPS.get(backend, ())):
+            return False
+        return not (autocast and backend == "cuda")  # the CUDA kernels take one dtype
 
     def forward(
         self,

@@ -343,9 +343,10 @@ def test_autocast_training_follows_transformers_under_autocast(tmp_path):
 
 
 def test_auto_trains_on_the_kernels_that_have_a_backward(tmp_path):
-    """backend='auto' resolved to the CUDA kernels (none has a backward) trains on Triton's
-    and serves inference on CUDA's again in eval mode; the resolution to 'cuda' is faked (no
-    GPU here), the training forward and its gradients are real."""
+    """backend='auto' resolved to the CUDA kernels (none has a backward, all take one dtype)
+    trains, and runs under autocast, on Triton's, and serves plain inference on CUDA's; the
+    resolution to 'cuda' is faked (no GPU here), the training forward and its gradients are
+    real."""
     path, _ = random_hf_bert(tmp_path, **NO_DROPOUT)
     model = BertModel.from_pretrained(path, backend="triton").train()
     model.requested_backend = "auto"
@@ -354,6 +355,8 @@ def test_auto_trains_on_the_kernels_that_have_a_backward(tmp_path):
     with torch.no_grad():
         assert model.backend == "cuda"
     assert model.eval().backend == "cuda"
+    with torch.autocast("cpu", dtype=torch.float16):  # mixed dtypes: not the CUDA kernels
+        assert model.backend == "triton"
     model.train()
     loss, grads = _grads(model)
     torch_loss, torch_grads = _grads(BertModel.from_pretrained(path, backend="torch").train())
