@@ -221,14 +221,15 @@ class BertLayer(nn.Module):
         hidden = self._residual_norm(
             attn, self.attention_output, hidden, self.attention_norm, backend, validate
         )
-        inter = ops.bias_gelu(
-            F.linear(hidden, self.intermediate.weight),
-            self.intermediate.bias,
-            self.gelu_approximate,
-            backend=backend,
-            validate=validate,
-        )
-        out = F.linear(inter, self.output.weight)
+        pre = F.linear(hidden, self.intermediate.weight)
+        gelu = (pre, self.intermediate.bias, self.gelu_approximate)
+        if self.training and torch.is_grad_enabled():
+            # The GELU output is recomputed in the backward rather than kept for it.
+            out = ops.bias_gelu_linear(*gelu, self.output.weight, backend, validate)
+        else:
+            out = F.linear(
+                ops.bias_gelu(*gelu, backend=backend, validate=validate), self.output.weight
+            )
         return self._residual_norm(out, self.output, hidden, self.output_norm, backend, validate)
 
     def _forward_native(self, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

@@ -276,10 +276,11 @@ def _saved_activations(model, run):
 
 def test_saved_activations_are_what_the_backward_needs(tmp_path):
     """A training forward on Triton (dropout on) keeps no score, probability or dropout matrix;
-    per layer and real token it keeps the GEMM inputs (hidden, context, mid, GELU output: 3h +
-    i), the fused QKV (3h), the attention output (h), the two LayerNorm inputs (2h) and the
-    pre-GELU activation (i): 9h + 2i floats, plus one LSE per head and token and the seeds; far
-    less than transformers keeps for the same batch."""
+    per layer and real token it keeps the inputs of the QKV, attention-output and FFN-up GEMMs
+    (3h), the fused QKV (3h), the attention output (h), the two LayerNorm inputs (2h) and the
+    pre-GELU activation (i; the GELU output, the FFN-down GEMM's input, is recomputed): 9h + i
+    floats, plus one LSE per head and token and the seeds; far less than transformers keeps
+    for the same batch."""
     seq, hidden, inter, heads = 48, 32, 64, 2
     path, hf = random_hf_bert(
         tmp_path, hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads
@@ -292,7 +293,7 @@ def test_saved_activations_are_what_the_backward_needs(tmp_path):
     ours, shapes = _saved_activations(model, lambda: model(ids, attention_mask=mask))
     assert not [s for s in shapes if len(s) >= 2 and s[-2:] == (seq, seq)], shapes
     layers = model.config.num_hidden_layers
-    per_layer = tokens * ((9 * hidden + 2 * inter) * 4 + heads * 4) + 64  # + seeds, offsets
+    per_layer = tokens * ((9 * hidden + inter) * 4 + heads * 4) + 64  # + seeds, offsets
     outside = tokens * (2 * hidden * 4 + 3 * 8) + 2 * hidden * 4 * 2  # embeddings, ids, pooler
     assert ours <= layers * per_layer + outside, (ours, layers * per_layer + outside)
     theirs, hf_shapes = _saved_activations(

@@ -270,7 +270,7 @@ def load_kernels(backend: str) -> None:
 
 
 from bertfast.ops.attention import attention, attention_reference  # noqa: E402
-from bertfast.ops.bias_gelu import bias_gelu, bias_gelu_reference  # noqa: E402
+from bertfast.ops.bias_gelu import bias_gelu, bias_gelu_linear, bias_gelu_reference  # noqa: E402
 from bertfast.ops.bias_residual_layer_norm import (  # noqa: E402
     bias_residual_layer_norm,
     bias_residual_layer_norm_reference,
@@ -293,6 +293,7 @@ __all__ = [
     "attention_reference",
     "backend_report",
     "bias_gelu",
+    "bias_gelu_linear",
     "bias_gelu_reference",
     "bias_residual_layer_norm",
     "bias_residual_layer_norm_reference",

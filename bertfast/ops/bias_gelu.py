@@ -106,3 +106,49 @@ def bias_gelu(
     from bertfast.ops import run_kernel
 
     return run_kernel("bias_gelu", backend, _bias_gelu_op, x, bias, approximate)
+
+
+class _BiasGeluLinear(torch.autograd.Function):
+    """``F.linear(GELU(x + bias), weight)`` keeping only x for the backward: the GELU output,
+    as wide as x, is recomputed there (one elementwise pass) instead of being saved for the
+    GEMM's weight gradient. Under autocast the forward's GEMM runs in autocast's dtype and the
+    backward's in the gradient's (the same)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, approximate, weight, backend):
+        ctx.save_for_backward(x, bias, weight)
+        ctx.approximate, ctx.backend = approximate, backend
+        return F.linear(_bias_gelu_op(x, bias, approximate, backend), weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bias, weight = ctx.saved_tensors
+        inter = _bias_gelu_op(x, bias, ctx.approximate, ctx.backend).reshape(-1, x.shape[-1])
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        dinter = torch.matmul(grad_rows, weight.to(grad.dtype)).view(x.shape)
+        dweight = torch.matmul(grad_rows.t(), inter.to(grad.dtype))  # cast back by autograd
+        dx, dbias = _bias_gelu_backward_op(dinter, x, bias, ctx.approximate, ctx.backend)
+        return dx, (dbias if bias is not None else None), None, dweight, None
+
+
+def bias_gelu_linear(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    approximate: str,
+    weight: torch.Tensor,
+    backend: str = "torch",
+    validate: bool = True,
+) -> torch.Tensor:
+    """``F.linear(bias_gelu(x, bias, approximate), weight)`` (BERT's FFN between its two GEMMs)
+    for training: on a kernel backend with a backward the GELU output is not kept for the
+    backward but recomputed (``_BiasGeluLinear``), saving as many values as x holds; the torch
+    backend composes the two."""
+    if validate:
+        check_bias_gelu_inputs(x, bias, approximate, backend)
+    if backend == "torch":
+        return F.linear(bias_gelu_reference(x, bias, approximate), weight)
+    from bertfast.ops import KERNEL_BACKWARD_OPS
+
+    if "bias_gelu" not in KERNEL_BACKWARD_OPS.get(backend, ()):
+        return F.linear(bias_gelu(x, bias, approximate, backend, validate=False), weight)
+    return _BiasGeluLinear.apply(x, bias, approximate, weight, backend)
