@@ -492,30 +492,47 @@ class BertModel(nn.Module):
 
     @property
     def backend(self) -> str:
-        """The backend that runs on the model's current device. With ``auto``, a training
-        forward (train mode, grad enabled) runs on the first backend of ``AUTO_PRIORITY``
-        whose kernels all have a backward, and a forward under torch.autocast on the first
-        that takes autocast's mixed dtypes: the CUDA kernels do neither, Triton's do both."""
+        """The backend that runs on the model's current device. With ``auto``, a forward in
+        train mode runs on the first backend of ``AUTO_PRIORITY`` whose kernels all have a
+        backward (and dropout), and a forward under torch.autocast on the first that takes
+        autocast's mixed dtypes: the CUDA kernels do neither, Triton's do both."""
         device = self.device
         if device not in self._resolved:
-            backend = ops.resolve_backend(self.requested_backend, device, self.config.head_dim)
-            ops.load_kernels(backend)
-            self._resolved[device] = backend
+            self._resolve_backends(device)
         backend = self._resolved[device]
         if self.requested_backend != "auto" or backend == "torch":
             return backend
-        training = self.training and torch.is_grad_enabled()
-        autocast = _autocast_dtype(device) is not None
+        training, autocast = self.training, _autocast_dtype(device) is not None
         if not (training or autocast):
             return backend
-        key = ("training" if training else "", "autocast" if autocast else "", device)
-        if key not in self._resolved:
-            chosen = next(
-                b for b in ops.AUTO_PRIORITY if self._auto_fits(b, device, training, autocast)
-            )
+        return self._resolved[(training, autocast, device)]
+
+    def _resolve_backends(self, device: torch.device, backend: str | None = None) -> None:
+        """The backend of every mode on ``device``, resolved and its kernels imported at once
+        (eagerly: a torch.compile trace then only reads the table, which it does not change);
+        ``backend`` stands for what ``auto`` resolved to (tests fake one)."""
+        if backend is None:
+            backend = ops.resolve_backend(self.requested_backend, device, self.config.head_dim)
+        ops.load_kernels(backend)
+        self._resolved[device] = backend
+        if self.requested_backend != "auto":
+            return
+        for training, autocast in ((True, False), (False, True), (True, True)):
+            fits = (b for b in ops.AUTO_PRIORITY if self._auto_fits(b, device, training, autocast))
+            chosen = backend if backend == "torch" else next(fits)
             ops.load_kernels(chosen)
-            self._resolved[key] = chosen
-        return self._resolved[key]
+            self._resolved[(training, autocast, device)] = chosen
+
+    def _apply(self, fn, *args, **kwargs):
+        # After .to() / .cuda(): resolve for the new device now, not inside a later trace.
+        module = super()._apply(fn, *args, **kwargs)
+        device = self.device
+        if device.type != "meta" and device not in self._resolved:
+            try:
+                self._resolve_backends(device)
+            except RuntimeError:
+                pass  # an explicit backend that cannot run there says so on the first forward
+        return module
 
     def _auto_fits(self, backend: str, device: torch.device, training: bool, autocast: bool):
         if backend == "torch":
@@ -611,7 +628,8 @@ class BertModel(nn.Module):
             )
             hidden = packed.unpack(hidden)
             all_hidden = [packed.unpack(h) for h in all_hidden]
-        self._validated.add(self._validation_key(backend))
+        if not torch.compiler.is_compiling():  # a trace must not change what it guards on
+            self._validated.add(self._validation_key(backend))
         pooled = self.pool(hidden)
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         output = BertModelOutput(hidden, pooled, hidden_states)
@@ -619,7 +637,10 @@ class BertModel(nn.Module):
 
     def _first_forward_on(self, backend: str) -> bool:
         """Layouts of weights are checked on the first forward per device, dtype and backend;
-        later forwards skip the per-op checks (the inputs are validated at the edge)."""
+        later forwards skip the per-op checks (the inputs are validated at the edge). A trace
+        always checks (its checks cost nothing at run time)."""
+        if torch.compiler.is_compiling():
+            return True
         return self._validation_key(backend) not in self._validated
 
     def _validation_key(self, backend: str) -> tuple:

@@ -21,6 +21,7 @@ python="${PYTHON:-python3}"
 # run, which brings back at most 8 files) it gets one archive of all of it plus the summaries.
 final_out="${OUT:-}"
 out="gpu_results"
+rm -rf "$out"  # a warm machine keeps ignored files: nothing stale gets packed
 mkdir -p "$out"
 export OUT="$out"  # the scripts below also write their files to $OUT
 run_tests=1 run_bench=1 run_tune=0 bench_args=() dest_suffix="" run_profile=1
@@ -73,7 +74,11 @@ if [ "$run_tune" = 1 ]; then
 fi
 if [ -n "$final_out" ]; then
     results=$("$python" -c "from bertfast.bench.suite import device_tag; print('benchmarks/results/' + device_tag('cuda'))" 2>/dev/null)
-    tar czf "$final_out/gpu_check.tar.gz" "$out" ${results:+$results*} bertfast/triton/attention_blocks.json 2>/dev/null
+    packed=("$out")
+    for path in "$results" "$results-training" bertfast/triton/attention_blocks.json; do
+        [ -n "$path" ] && [ -e "$path" ] && packed+=("$path")
+    done
+    tar czf "$final_out/gpu_check.tar.gz" "${packed[@]}"
     for f in gpu_tests.log bench.log gradient_errors.md profile.md; do
         [ -f "$out/$f" ] && tail -c 200000 "$out/$f" > "$final_out/$f"
     done

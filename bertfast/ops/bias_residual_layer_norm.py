@@ -135,8 +135,8 @@ def _bias_residual_layer_norm_backward(ctx, grad):
     dsum, dx, dbias, dweight, dln_bias = _bias_residual_layer_norm_backward_op(
         grad, x, bias, residual, weight, ctx.eps, ctx.backend, ctx.dropout_p, seed
     )
-    # Without dropout x and residual enter as a sum: both get dsum.
-    dx = dx if ctx.dropout_p else dsum
+    # Without dropout x and residual enter as a sum: both get dsum (x in its own dtype).
+    dx = dx if ctx.dropout_p else dsum.to(x.dtype)
     dbias = dbias if bias is not None else None
     return dx, dbias, dsum, dweight, dln_bias, None, None, None, None
 

@@ -237,7 +237,7 @@ def linear_epilogue(
         )
     if backend == "torch":
         if dropout_p:
-            y = F.dropout(F.linear(x, weight, bias), dropout_p)
+            y = F.dropout(F.linear(x.float(), weight.float(), bias.float()), dropout_p)
             return bias_residual_layer_norm_reference(
                 y, None, residual, ln_weight, ln_bias, float(eps)
             )
