@@ -466,6 +466,8 @@ class BertModel(nn.Module):
         # (device, dtype, backend, autocast dtype) whose layouts and dtypes passed the checks
         self._validated: set[tuple] = set()
         self.init_weights()
+        if self.device.type != "meta":
+            self._resolve_backends(self.device)  # now, not inside a later trace
 
     @torch.no_grad()
     def init_weights(self) -> None:
