@@ -54,10 +54,15 @@ def skip_entry(backend: str, reason: str, config: str | None = None, **where) ->
     return entry
 
 
-def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
+def compile_on_cpu_reason(name: str, device: torch.device, settings: BenchSettings) -> str | None:
+    """Why an hf-compile row does not run here: the CPU compiles only when asked."""
     if name.startswith("hf-compile") and device.type == "cpu" and not settings.compile_on_cpu:
         return "torch.compile runs on the GPU by default (pass --compile-on-cpu)"
-    return RUNNERS[name].unavailable_reason(device)
+    return None
+
+
+def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
+    return compile_on_cpu_reason(name, device, settings) or RUNNERS[name].unavailable_reason(device)
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:

@@ -118,25 +118,16 @@ def _sdpa(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     return out.transpose(1, 2).reshape(batch, seq, hidden)
 
 
-def _attention_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCase:
+def _attention_candidates(heads, h, batch, seq, device, kernel_backends) -> list[Candidate]:
+    """Who runs attention on a (batch, seq, 3h) qkv, forward or forward + backward: the torch
+    reference, each SDPA backend, and each kernel backend padded and packed."""
     from torch.nn.attention import sdpa_kernel
 
-    h, heads = cfg.hidden_size, cfg.num_attention_heads
     tokens = batch * seq
-    sets = [{"qkv": torch.randn(batch, seq, 3 * h, device=device, dtype=dtype)} for _ in range(n)]
     cu_seqlens = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=device)
-    case = OpCase(
-        "attention",
-        sets,
-        lambda x: ops.attention_reference(x["qkv"].float(), heads),
-        4 * tokens * h * dtype.itemsize,
-        4.0 * tokens * seq * h,
-    )
-    case.candidates.append(
-        Candidate("torch-ref", "padded", lambda x: ops.attention(x["qkv"], heads))
-    )
+    candidates = [Candidate("torch-ref", "padded", lambda x: ops.attention(x["qkv"], heads))]
     for label, backend in _sdpa_backends(torch.device(device)):
-        case.candidates.append(
+        candidates.append(
             Candidate(
                 f"sdpa-{label}",
                 "padded",
@@ -145,14 +136,14 @@ def _attention_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCas
             )
         )
     for kb in kernel_backends:
-        case.candidates.append(
+        candidates.append(
             Candidate(
                 f"bertfast-{kb}",
                 "padded",
                 lambda x, kb=kb: ops.attention(x["qkv"], heads, backend=kb),
             )
         )
-        case.candidates.append(
+        candidates.append(
             Candidate(
                 f"bertfast-{kb}",
                 "packed",
@@ -165,6 +156,21 @@ def _attention_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCas
                 ).view(batch, seq, h),
             )
         )
+    return candidates
+
+
+def _attention_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> OpCase:
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
+    tokens = batch * seq
+    sets = [{"qkv": torch.randn(batch, seq, 3 * h, device=device, dtype=dtype)} for _ in range(n)]
+    case = OpCase(
+        "attention",
+        sets,
+        lambda x: ops.attention_reference(x["qkv"].float(), heads),
+        4 * tokens * h * dtype.itemsize,
+        4.0 * tokens * seq * h,
+    )
+    case.candidates += _attention_candidates(heads, h, batch, seq, device, kernel_backends)
     return case
 
 
@@ -432,15 +438,12 @@ def _has_backward(kernel_backends: list[str], op: str) -> list[str]:
 
 
 def _attention_backward_case(cfg, batch, seq, dtype, device, n, kernel_backends) -> BackwardCase:
-    from torch.nn.attention import sdpa_kernel
-
     h, heads = cfg.hidden_size, cfg.num_attention_heads
     tokens = batch * seq
     sets = [
         {"qkv": _leaf(torch.randn(batch, seq, 3 * h, device=device, dtype=dtype))} for _ in range(n)
     ]
     grad_outputs = [torch.randn(batch, seq, h, device=device, dtype=dtype) for _ in range(n)]
-    cu_seqlens = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=device)
     case = BackwardCase(
         "attention",
         sets,
@@ -450,39 +453,8 @@ def _attention_backward_case(cfg, batch, seq, dtype, device, n, kernel_backends)
         12 * tokens * h * dtype.itemsize,
         14.0 * tokens * seq * h,
     )
-    case.candidates.append(
-        Candidate("torch-ref", "padded", lambda x: ops.attention(x["qkv"], heads))
-    )
-    for label, backend in _sdpa_backends(torch.device(device)):
-        case.candidates.append(
-            Candidate(
-                f"sdpa-{label}",
-                "padded",
-                lambda x: _sdpa(x["qkv"], heads),
-                lambda backend=backend: sdpa_kernel([backend]),
-            )
-        )
-    for kb in _has_backward(kernel_backends, "attention"):
-        case.candidates.append(
-            Candidate(
-                f"bertfast-{kb}",
-                "padded",
-                lambda x, kb=kb: ops.attention(x["qkv"], heads, backend=kb),
-            )
-        )
-        case.candidates.append(
-            Candidate(
-                f"bertfast-{kb}",
-                "packed",
-                lambda x, kb=kb: ops.attention(
-                    x["qkv"].view(tokens, 3 * h),
-                    heads,
-                    cu_seqlens=cu_seqlens,
-                    max_seqlen=seq,
-                    backend=kb,
-                ).view(batch, seq, h),
-            )
-        )
+    backends = _has_backward(kernel_backends, "attention")
+    case.candidates += _attention_candidates(heads, h, batch, seq, device, backends)
     return case
 
 

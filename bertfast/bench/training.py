@@ -36,7 +36,13 @@ from dataclasses import dataclass
 import torch
 
 from bertfast import ops
-from bertfast.bench.e2e import ERR_RULE_FACTOR, describe_error, err_atol, model_flops
+from bertfast.bench.e2e import (
+    ERR_RULE_FACTOR,
+    compile_on_cpu_reason,
+    describe_error,
+    err_atol,
+    model_flops,
+)
 from bertfast.bench.runners import ModelSource, fp32_reference_precision, make_inputs
 from bertfast.bench.settings import VARLEN_FILL, BenchSettings, Case, TrainCase
 from bertfast.bench.timing import Timing, _flush_buffer, benchmark, empty_cache, synchronize
@@ -553,9 +559,8 @@ def train_skip(backend: str, reason: str, config: str | None = None, **where) ->
 
 
 def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
-    if name.startswith("hf-compile") and device.type == "cpu" and not settings.compile_on_cpu:
-        return "torch.compile runs on the GPU by default (pass --compile-on-cpu)"
-    return TRAINERS[name].unavailable_reason(device)
+    reason = compile_on_cpu_reason(name, device, settings)
+    return reason or TRAINERS[name].unavailable_reason(device)
 
 
 def run_training(

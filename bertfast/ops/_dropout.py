@@ -22,3 +22,19 @@ def draw_seed() -> torch.Tensor:
 def seed_value(seed: torch.Tensor | None) -> int:
     """The launch's int seed from a CPU seed tensor (0 without dropout)."""
     return 0 if seed is None else int(seed.item())
+
+
+def dropout_kwargs(dropout_p: float, seed: torch.Tensor | None) -> dict:
+    """A kernel launch's dropout keywords: none without dropout (every launch's default)."""
+    return dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
+
+
+def check_kernel_dropout(what: str, op: str, backend: str, dropout_p: float) -> None:
+    """Dropout is for training: a kernel backend without ``op``'s backward refuses it."""
+    from bertfast.ops import KERNEL_BACKWARD_OPS
+
+    if dropout_p and op not in KERNEL_BACKWARD_OPS.get(backend, ()):
+        raise NotImplementedError(
+            f"{what} dropout (p={dropout_p}) runs on the torch and triton backends; "
+            f"the {backend} kernels are for inference (call model.eval())"
+        )

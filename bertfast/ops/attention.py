@@ -35,7 +35,7 @@ from bertfast.ops._checks import (
     check_kernel_device,
     check_kernel_tensor,
 )
-from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
+from bertfast.ops._dropout import check_dropout_p, check_kernel_dropout, draw_seed, seed_value
 
 
 def _padded_reference(
@@ -311,13 +311,7 @@ def attention(
             qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p
         )
     if dropout_p:
-        from bertfast.ops import KERNEL_BACKWARD_OPS
-
-        if "attention" not in KERNEL_BACKWARD_OPS.get(backend, ()):
-            raise NotImplementedError(
-                f"attention dropout (p={dropout_p}) runs on the torch and triton backends; "
-                f"the {backend} kernels are for inference (call model.eval())"
-            )
+        check_kernel_dropout("attention", "attention", backend, dropout_p)
         # The mask's seed comes from torch's CPU generator (torch.manual_seed governs it; no
         # device sync); the backward draws the same mask from it again.
         args = (qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)

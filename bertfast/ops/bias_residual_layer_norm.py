@@ -20,7 +20,12 @@ from bertfast.ops._checks import (
     check_same_or_fp32,
     check_vector,
 )
-from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
+from bertfast.ops._dropout import (
+    check_dropout_p,
+    check_kernel_dropout,
+    draw_seed,
+    dropout_kwargs,
+)
 
 
 def bias_residual_layer_norm_reference(
@@ -80,12 +85,10 @@ def _bias_residual_layer_norm_op(
 ) -> torch.Tensor:
     from bertfast.ops import get_backward, get_kernel
 
-    args = (x, bias, residual, weight, ln_bias, eps)
-    if not dropout_p:
-        return get_kernel("bias_residual_layer_norm", backend)(*args)
-    get_backward("bias_residual_layer_norm", backend)  # dropout is for training: say if not
+    if dropout_p:
+        get_backward("bias_residual_layer_norm", backend)  # dropout is for training: say if not
     launch = get_kernel("bias_residual_layer_norm", backend)
-    return launch(*args, dropout_p=dropout_p, seed=seed_value(seed))
+    return launch(x, bias, residual, weight, ln_bias, eps, **dropout_kwargs(dropout_p, seed))
 
 
 @_bias_residual_layer_norm_op.register_fake
@@ -111,8 +114,7 @@ def _bias_residual_layer_norm_backward_op(
     from bertfast.ops import get_backward
 
     backward = get_backward("bias_residual_layer_norm", backend)
-    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
-    return backward(grad, x, bias, residual, weight, eps, **dropout)
+    return backward(grad, x, bias, residual, weight, eps, **dropout_kwargs(dropout_p, seed))
 
 
 @_bias_residual_layer_norm_backward_op.register_fake
@@ -173,13 +175,7 @@ def bias_residual_layer_norm(
             bias = None
         return bias_residual_layer_norm_reference(x, bias, residual, weight, ln_bias, float(eps))
     if dropout_p:
-        from bertfast.ops import KERNEL_BACKWARD_OPS
-
-        if "bias_residual_layer_norm" not in KERNEL_BACKWARD_OPS.get(backend, ()):
-            raise NotImplementedError(
-                f"hidden dropout (p={dropout_p}) runs on the torch and triton backends; "
-                f"the {backend} kernels are for inference (call model.eval())"
-            )
+        check_kernel_dropout("hidden", "bias_residual_layer_norm", backend, dropout_p)
         args = (x, bias, residual, weight, ln_bias, float(eps), backend)
         return _bias_residual_layer_norm_op(*args, dropout_p, draw_seed())
     from bertfast.ops import run_kernel

@@ -20,7 +20,12 @@ from bertfast.ops._checks import (
     check_same,
     check_vector,
 )
-from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
+from bertfast.ops._dropout import (
+    check_dropout_p,
+    check_kernel_dropout,
+    draw_seed,
+    dropout_kwargs,
+)
 
 ID_DTYPES = (torch.int32, torch.int64)
 
@@ -120,11 +125,9 @@ def _embedding_layer_norm_op(
         input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
         token_type_embeddings, weight, bias, eps,
     )  # fmt: skip
-    if not dropout_p:
-        return get_kernel("embedding_layer_norm", backend)(*args)
-    get_backward("embedding_layer_norm", backend)  # dropout is for training: say if not
-    launch = get_kernel("embedding_layer_norm", backend)
-    return launch(*args, dropout_p=dropout_p, seed=seed_value(seed))
+    if dropout_p:
+        get_backward("embedding_layer_norm", backend)  # dropout is for training: say if not
+    return get_kernel("embedding_layer_norm", backend)(*args, **dropout_kwargs(dropout_p, seed))
 
 
 @_embedding_layer_norm_op.register_fake
@@ -152,10 +155,9 @@ def _embedding_layer_norm_backward_op(
     scatter-add by id of the sum's gradient, the padding id's row included."""
     from bertfast.ops import get_backward
 
-    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_backward("embedding_layer_norm", backend)(
         grad, input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
-        token_type_embeddings, weight, eps, **dropout,
+        token_type_embeddings, weight, eps, **dropout_kwargs(dropout_p, seed),
     )  # fmt: skip
 
 
@@ -231,13 +233,7 @@ def embedding_layer_norm(
         out = embedding_layer_norm_reference(*tensors, float(eps))
         return F.dropout(out, dropout_p) if dropout_p else out
     if dropout_p:
-        from bertfast.ops import KERNEL_BACKWARD_OPS
-
-        if "embedding_layer_norm" not in KERNEL_BACKWARD_OPS.get(backend, ()):
-            raise NotImplementedError(
-                f"embedding dropout (p={dropout_p}) runs on the torch and triton backends; "
-                f"the {backend} kernels are for inference (call model.eval())"
-            )
+        check_kernel_dropout("embedding", "embedding_layer_norm", backend, dropout_p)
         return _embedding_layer_norm_op(*tensors, float(eps), backend, dropout_p, draw_seed())
     from bertfast.ops import run_kernel
 

@@ -36,7 +36,7 @@ from bertfast.ops._checks import (
     check_same_or_fp32,
     check_vector,
 )
-from bertfast.ops._dropout import check_dropout_p, draw_seed, seed_value
+from bertfast.ops._dropout import check_dropout_p, draw_seed, dropout_kwargs
 from bertfast.ops.bias_residual_layer_norm import bias_residual_layer_norm_reference
 
 EPILOGUES = ("bias", "bias_gelu", "bias_gelu_tanh", "bias_residual_layer_norm")
@@ -134,10 +134,10 @@ def _linear_epilogue_op(
 ) -> torch.Tensor:
     from bertfast.ops import get_kernel
 
-    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_kernel("linear_epilogue", backend)(
-        x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps, **dropout
-    )
+        x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps,
+        **dropout_kwargs(dropout_p, seed),
+    )  # fmt: skip
 
 
 @_linear_epilogue_op.register_fake
@@ -164,10 +164,10 @@ def _linear_epilogue_backward_op(
     the epilogue is ``"bias_residual_layer_norm"``."""
     from bertfast.ops import get_backward
 
-    dropout = dict(dropout_p=dropout_p, seed=seed_value(seed)) if dropout_p else {}
     return get_backward("linear_epilogue", backend)(
-        grad, x, weight, bias, epilogue, residual, ln_weight, eps, **dropout
-    )
+        grad, x, weight, bias, epilogue, residual, ln_weight, eps,
+        **dropout_kwargs(dropout_p, seed),
+    )  # fmt: skip
 
 
 @_linear_epilogue_backward_op.register_fake
