@@ -283,6 +283,48 @@ def test_ner_end_to_end(capsys, tmp_path, model_dir):
     assert -100 in smiths.targets["labels"][1:-1]  # the ##s piece
 
 
+def test_ner_stops_at_the_first_word_that_does_not_fit(minilm_dir):
+    """The long word does not fit in 16 tokens: the sentence ends there, and "paris" is neither
+    trained on nor scored against the long word's gold tag."""
+    from types import SimpleNamespace
+
+    from bertfast.tokenizer import BertTokenizer
+    from bertfast.train import data, tasks
+
+    tokenizer = BertTokenizer.from_pretrained(minilm_dir)
+    tokens = ["john"] + ["a"] * 9 + ["supercalifragilisticexpialidocious", "paris", "is", "nice"]
+    tags = ["B-PER"] + ["O"] * 9 + ["B-MISC", "B-LOC", "O", "O"]
+    label2id = {"O": 0, "B-PER": 1, "B-MISC": 2, "B-LOC": 3}
+    record = data.Record("t.jsonl", 1, {})
+    examples = [
+        data.TaggedExample(tokens, tags, record),
+        data.TaggedExample(["paris"], ["B-LOC"], record),
+    ]
+    features = data.encode_tagged(tokenizer, examples, label2id, 16)
+    paris = tokenizer.convert_tokens_to_ids("paris")
+    assert paris not in features[0].input_ids and len(features[0].extra["starts"]) == 10
+    assert features[1].input_ids[1] == paris  # the next example starts at its own words
+
+    class Tagger(torch.nn.Module):
+        """Tags every token by its id: john B-PER, paris B-LOC, anything else O."""
+
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(len(tokenizer), 4)
+            with torch.no_grad():
+                self.table.weight.zero_()
+                self.table.weight[:, 0] = 1
+                self.table.weight[tokenizer.convert_tokens_to_ids("john"), 1] = 2
+                self.table.weight[paris, 3] = 2
+
+        def forward(self, input_ids, **_):
+            return SimpleNamespace(logits=self.table(input_ids))
+
+    id2label = {v: k for k, v in label2id.items()}
+    scores = tasks.ner_metrics(Tagger(), features, examples, id2label, 0, 2)
+    assert scores == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
 def qa_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []

@@ -221,8 +221,10 @@ def encode_tagged(
     tokenizer, examples: Sequence[TaggedExample], label2id: dict[str, int], max_length: int
 ) -> list[Feature]:
     """[CLS] word pieces [SEP]; each word's tag on its first piece, -100 on the others (and on
-    the special tokens). Words past ``max_length`` are dropped; ``extra["words"]`` counts the
-    words that fit and ``extra["starts"]`` holds their first pieces' positions."""
+    the special tokens). The sentence ends at the first word that does not fit in
+    ``max_length`` (a later, shorter word packed after a gap would be scored against the
+    wrong gold tag), so the kept words are always a prefix: ``extra["words"]`` holds their
+    indices in the example and ``extra["starts"]`` their first pieces' positions."""
     check_labels([(e.record, "tags", t) for e in examples for t in e.tags], label2id)
     words = [w for e in examples for w in e.tokens]
     pieces = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
@@ -230,18 +232,24 @@ def encode_tagged(
     features, at = [], 0
     for n, example in enumerate(examples):
         ids, labels, starts = [tokenizer.cls_token_id], [IGNORE_INDEX], []
-        for tag in example.tags:
-            word = pieces[at] or [unk]  # a word the vocabulary drops entirely (a control char)
-            at += 1
+        first, at = at, at + len(example.tags)
+        for w, tag in enumerate(example.tags):
+            word = pieces[first + w] or [unk]  # a word the vocabulary drops (a control char)
             if len(ids) + len(word) > max_length - 1:
-                continue
+                break
             starts.append(len(ids))
             ids += word
             labels += [label2id[tag]] + [IGNORE_INDEX] * (len(word) - 1)
         ids.append(tokenizer.sep_token_id)
         labels.append(IGNORE_INDEX)
         features.append(
-            Feature(ids, [0] * len(ids), {"labels": labels}, example=n, extra={"starts": starts})
+            Feature(
+                ids,
+                [0] * len(ids),
+                {"labels": labels},
+                example=n,
+                extra={"starts": starts, "words": list(range(len(starts)))},
+            )
         )
     return features
 

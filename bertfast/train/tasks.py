@@ -163,14 +163,16 @@ def ner_metrics(
     batch_size: int,
 ) -> dict[str, float]:
     """Entity-level scores on the words that fit in --max-length (each word's tag is the
-    prediction at its first piece)."""
+    prediction at its first piece), gold and prediction paired by word index."""
     gold, predicted = [], []
     for chunk, _, out in predict_batches(model, features, pad_id, batch_size):
         best = out.logits.argmax(-1).cpu()
         for row, feature in zip(best, chunk, strict=True):
-            starts = feature.extra["starts"]
-            predicted.append([id2label[int(row[i])] for i in starts])
-            gold.append(examples[feature.example].tags[: len(starts)])
+            tags = examples[feature.example].tags
+            kept = zip(feature.extra["words"], feature.extra["starts"], strict=True)
+            pairs = [(tags[w], id2label[int(row[i])]) for w, i in kept]
+            gold.append([g for g, _ in pairs])
+            predicted.append([p for _, p in pairs])
     return metrics.entity_scores(gold, predicted)
 
 
