@@ -413,6 +413,20 @@ BAD_LINES = [
     ("a.txt", b"fine\n\nmore\n", {}, r"a.txt:2: the line is empty"),
     ("a.csv", b"id,text\n1,ok\n2,ok,extra\n", {}, r"a.csv:3: 3 columns, the header has 2"),
     ("a.csv", b'id,text\n1,ok\n2,"never closed\n', {}, r"a.csv:3: not valid CSV"),
+    ("a.csv", b"id,text\n1,ok\n2,caf\xe9\n", {}, r"a.csv:3: not valid UTF-8 \(byte 0xe9\)"),
+    # A lone surrogate (valid JSON, not Unicode) fails the tokenizer, and an id at write time.
+    (
+        "a.jsonl",
+        b'{"text": "ok"}\n{"text": "a\\ud800b"}\n',
+        {},
+        r"a.jsonl:2: field 'text' holds a lone surrogate U\+D800 at character 2",
+    ),
+    (
+        "a.jsonl",
+        b'{"text": "ok", "id": "x\\udc00"}\n',
+        {"id_field": "id"},
+        r"a.jsonl:1: id field 'id' holds a lone surrogate U\+DC00",
+    ),
 ]
 
 
@@ -431,6 +445,18 @@ def test_a_bad_line_is_named_or_counted(tmp_path, name, content, kwargs, message
         records = []
     assert bad.count == 1 and re.search(message, bad.examples[0])
     assert all(r.text.strip() for r in records)
+
+
+def test_csv_keeps_line_breaks_inside_quoted_fields(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'\xef\xbb\xbfid,text\r\n1,"first line\r\nsecond line"\r\n2,next\r\n')
+    records = _records(path)
+    assert [r.text for r in records] == ["first line\r\nsecond line", "next"]
+    assert [r.id for r in records] == [f"{path}:2", f"{path}:4"]  # a record's first line
+    assert [r.id for r in _records(path, id_field="id")] == ["1", "2"]
+    tsv = tmp_path / "a.tsv"
+    tsv.write_bytes(b'text\n"a\nb"\nc\n')
+    assert [(r.text, r.id) for r in _records(tsv)] == [("a\nb", f"{tsv}:2"), ("c", f"{tsv}:4")]
 
 
 @pytest.mark.parametrize(

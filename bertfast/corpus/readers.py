@@ -108,7 +108,26 @@ def _text_of(value: Any, where: str, what: str, bad: BadLines | None) -> str | N
     if not value.strip():
         _bad(bad, f"{where}: {what} is empty")
         return None
+    problem = _not_unicode(value)
+    if problem:
+        _bad(bad, f"{where}: {what} {problem}")
+        return None
     return value
+
+
+def _not_unicode(value: str) -> str | None:
+    """Why ``value`` cannot be tokenized or written as UTF-8 (a lone surrogate, as JSON's
+    "\\ud800" gives), or None."""
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"holds a lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start + 1}, "
+            "which is not valid Unicode"
+        )
+    return None
 
 
 def _id_of(value: Any, where: str, id_field: str, bad: BadLines | None) -> str | int | None:
@@ -118,6 +137,10 @@ def _id_of(value: Any, where: str, id_field: str, bad: BadLines | None) -> str |
             f"{where}: id field {id_field!r} is {type(value).__name__} {_short(value)}; "
             "ids must be strings or integers",
         )
+        return None
+    problem = _not_unicode(value) if isinstance(value, str) else None
+    if problem:
+        _bad(bad, f"{where}: id field {id_field!r} {problem}")
         return None
     return value
 
@@ -171,48 +194,68 @@ def _read_jsonl(
 def _read_csv(
     path: Path, delimiter: str, text_field: str, id_field: str | None, bad: BadLines | None
 ) -> Iterator[Record]:
-    lines = _decoded_lines(path, bad)
-    numbers: list[int] = [0]
-
-    def feed() -> Iterator[str]:  # csv wants lines; remember the file line each came from
-        for number, line in lines:
-            numbers[0] = number
-            yield line
-
-    reader = csv.reader(feed(), delimiter=delimiter, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise BadInputError(f"{path}: no header row") from None
-    except csv.Error as exc:
-        raise BadInputError(f"{path}:{numbers[0]}: header is not valid CSV ({exc})") from None
-    for name in (text_field, id_field):
-        if name is not None and name not in header:
-            raise BadInputError(
-                f"{path}:{numbers[0]}: header has no column {name!r} (columns: {header}); "
-                "name the text column with --field and the id column with --id-field"
-            )
-    text_col = header.index(text_field)
-    id_col = None if id_field is None else header.index(id_field)
-    while True:
+    # The csv module reads a text stream opened with newline="": a quoted field may hold line
+    # breaks, which it keeps as they are. Bytes that are not UTF-8 come through as lone
+    # surrogates (surrogateescape), so such a record is named by its line rather than ending
+    # the file's decoding.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
         try:
-            row = next(reader)
+            header = next(reader)
         except StopIteration:
-            return
+            raise BadInputError(f"{path}: no header row") from None
         except csv.Error as exc:
-            _bad(bad, f"{path}:{numbers[0]}: not valid CSV ({exc})")
-            continue
-        where = f"{path}:{numbers[0]}"
-        if not row:
-            _bad(bad, f"{where}: blank line")
-            continue
-        if len(row) != len(header):
-            _bad(bad, f"{where}: {len(row)} columns, the header has {len(header)}")
-            continue
-        text = _text_of(row[text_col], where, f"column {text_field!r}", bad)
-        if text is None:
-            continue
-        yield Record(text, where if id_col is None else row[id_col])
+            raise BadInputError(
+                f"{path}:{reader.line_num}: header is not valid CSV ({exc})"
+            ) from None
+        for name in (text_field, id_field):
+            if name is not None and name not in header:
+                raise BadInputError(
+                    f"{path}:{reader.line_num}: header has no column {name!r} (columns: "
+                    f"{header}); name the text column with --field and the id column with "
+                    "--id-field"
+                )
+        text_col = header.index(text_field)
+        id_col = None if id_field is None else header.index(id_field)
+        while True:
+            first = reader.line_num + 1  # a record is named by its first line
+            where = f"{path}:{first}"
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                _bad(bad, f"{where}: not valid CSV ({exc})")
+                continue
+            if not row:
+                _bad(bad, f"{where}: blank line")
+                continue
+            if len(row) != len(header):
+                _bad(bad, f"{where}: {len(row)} columns, the header has {len(header)}")
+                continue
+            problem = _not_utf8(row)
+            if problem:
+                _bad(bad, f"{where}: {problem}")
+                continue
+            text = _text_of(row[text_col], where, f"column {text_field!r}", bad)
+            if text is None:
+                continue
+            yield Record(text, where if id_col is None else row[id_col])
+
+
+def _not_utf8(row: list[str]) -> str | None:
+    """What is wrong with a row read with surrogateescape, or None when it is all UTF-8."""
+    joined = "".join(row)
+    if joined.isascii():
+        return None
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(joined[exc.start])
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape keeps it
+            return f"not valid UTF-8 (byte {code - 0xDC00:#04x}); give UTF-8 text"
+        return f"holds a lone surrogate U+{code:04X}, which is not valid Unicode"
+    return None
 
 
 def read_records(
