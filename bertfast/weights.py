@@ -303,4 +303,20 @@ def save_pretrained(
     os.makedirs(path, exist_ok=True)
     config.save_pretrained(path, architectures)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
-    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    # Written beside, then renamed: a kill mid-write leaves the previous file whole (training
+    # rewrites it at each checkpoint). safetensors creates files 0600; the umask decides.
+    target = os.path.join(path, "model.safetensors")
+    tmp = os.path.join(path, f".model.safetensors.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask

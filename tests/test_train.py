@@ -405,26 +405,77 @@ def load_weights(out_dir) -> dict[str, torch.Tensor]:
     return load_file(str(out_dir / "model.safetensors"))
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(capsys, tmp_path, model_dir, sentiment):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(
+    capsys, tmp_path, model_dir, sentiment, monkeypatch
+):
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(sentiment[0], "train.jsonl")
     argv = [
-        "--task", "classification", "--model", str(model_dir), "--train", sentiment[0],
-        "--epochs", "1.5", "--batch-size", "4", "--gradient-accumulation", "2",
-        "--learning-rate", "1e-2", "--warmup-ratio", "0.2",
+        "--task", "classification", "--model", str(model_dir), "--epochs", "1.5",
+        "--batch-size", "4", "--gradient-accumulation", "2", "--learning-rate", "1e-2",
+        "--warmup-ratio", "0.2",
     ]  # fmt: skip
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert finetune(capsys, *argv, "--output", str(whole))[0] == 0
+    code, _, err = finetune(capsys, *argv, "--train", "train.jsonl", "--output", str(whole))
+    assert code == 0 and f"finished at step 12 of 12; the model is in {whole}" in err, err
+    argv += ["--train", str(tmp_path / "train.jsonl")]  # the same file, spelled otherwise
     code, _, err = finetune(capsys, *argv, "--output", str(parts), "--stop-after-steps", "5")
-    assert code == 0 and "stopped at step 5 of 12" in err, err
-    assert (parts / "checkpoint.pt").is_file() and not (parts / "model.safetensors").exists()
-    code, _, err = finetune(capsys, *argv, "--output", str(parts), "--resume", "--seed", "7")
-    assert code == 2 and "different settings (['seed'])" in err, err
+    assert code == 0 and f"stopped at step 5 of 12; the model so far is in {parts}" in err, err
+    # The partial model loads, with the files' modes as the umask says.
+    transformers.AutoModelForSequenceClassification.from_pretrained(parts)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (parts / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+    shutil.copy(parts / "checkpoint.pt", tmp_path / "step5.pt")
+    for change, message in [
+        (["--seed", "7"], "(seed: was 42, now 7)"),
+        (["--max-grad-norm", "0.5"], "(max_grad_norm: was 1.0, now 0.5)"),
+        (["--autocast", "bf16"], "(autocast: was 'fp32', now 'bf16')"),
+    ]:
+        code, _, err = finetune(capsys, *argv, "--output", str(parts), "--resume", *change)
+        assert code == 2 and message in err, err
+    # The same path with other lines is other data.
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    flipped = [{**r, "label": "positive" if r["label"] == "negative" else "negative"} for r in rows]
+    write_jsonl(tmp_path / "flipped.jsonl", flipped)
+    shutil.copy(tmp_path / "train.jsonl", tmp_path / "kept.jsonl")
+    shutil.copy(tmp_path / "flipped.jsonl", tmp_path / "train.jsonl")
+    code, _, err = finetune(capsys, *argv, "--output", str(parts), "--resume")
+    assert code == 2 and "different settings or data (train: was " in err, err
+    shutil.copy(tmp_path / "kept.jsonl", tmp_path / "train.jsonl")
+    # --stop-after-steps counts this invocation's steps: the same flag makes progress again.
+    code, _, err = finetune(
+        capsys, *argv, "--output", str(parts), "--resume", "--stop-after-steps", "5"
+    )
+    assert code == 0 and "stopped at step 10 of 12" in err, err
+    # A kill after step 10 was logged but before its checkpoint: resume from step 5's, and the
+    # log holds each step once.
+    shutil.copy(tmp_path / "step5.pt", parts / "checkpoint.pt")
     assert finetune(capsys, *argv, "--output", str(parts), "--resume")[0] == 0
     expected, actual = load_weights(whole), load_weights(parts)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
-    log = (parts / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in log if "train_loss" in line] == [8, 12]
+    log = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 13))
+    assert [r["step"] for r in log if "train_loss" in r] == [8, 12]
+
+
+def test_max_steps_sets_the_length_of_the_run(capsys, tmp_path, model_dir, sentiment):
+    code, _, err = finetune(
+        capsys, "--task", "classification", "--model", str(model_dir), "--train", sentiment[0],
+        "--output", str(tmp_path / "o"), "--max-steps", "3", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0 and "finished at step 3 of 3" in err, err
+    log = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    # The schedule spans the 3 steps: linear decay from 5e-5, reaching 0 after the last.
+    rates = [r["learning_rate"] for r in steps]
+    assert rates == pytest.approx([5e-5, 5e-5 * 2 / 3, 5e-5 / 3])
 
 
 def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(
@@ -545,6 +596,53 @@ def test_pretrain_loss_falls_and_transformers_loads_it(capsys, tmp_path, model_d
     torch.testing.assert_close(
         actual.seq_relationship_logits, expected.seq_relationship_logits, atol=1e-4, rtol=0
     )
+
+
+def test_pretrain_resume_refuses_another_corpus(capsys, tmp_path, model_dir):
+    corpus = write_corpus(tmp_path / "corpus.txt", 4, 0)
+    argv = [
+        "pretrain", "--corpus", corpus, "--config", tiny_config_file(tmp_path / "c.json"),
+        "--tokenizer", str(model_dir), "--output", str(tmp_path / "out"), "--max-length", "24",
+        "--batch-size", "4", "--backend", "torch", "--device", "cpu",
+    ]  # fmt: skip
+    assert main([*argv, "--stop-after-steps", "1"]) == 0
+    assert "stopped at step 1 of" in capsys.readouterr().err
+    write_corpus(tmp_path / "corpus.txt", 4, 1)  # the same name, other sentences
+    assert main([*argv, "--resume"]) == 2
+    assert "different settings or data (corpus: was [" in capsys.readouterr().err
+
+
+def test_pretrain_says_when_packing_leaves_one_segment_a_document(capsys, tmp_path, model_dir):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("good movie\nbad film\n\nthe end\nlove it\n")
+    argv = [
+        "pretrain", "--corpus", str(corpus), "--config", tiny_config_file(tmp_path / "c.json"),
+        "--tokenizer", str(model_dir), "--output", str(tmp_path / "out"), "--device", "cpu",
+    ]  # fmt: skip
+    assert main([*argv, "--max-length", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "fit together in one segment of 14 tokens" in err and "smaller --max-length" in err
+    corpus.write_text("good movie\n\nbad film\n")
+    assert main([*argv, "--max-length", "32"]) == 2
+    assert "no document has two sentences" in capsys.readouterr().err
+
+
+def test_training_files_may_start_with_a_byte_order_mark(tmp_path):
+    from bertfast.train import data
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.csv").write_bytes(bom + b"text,label\ngood movie,positive\n")
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"text": "good movie", "label": "positive"}\n')
+    for name in ("a.csv", "a.jsonl"):
+        [example] = data.read_classification(tmp_path / name)
+        assert (example.text, example.label) == ("good movie", "positive")
+    (tmp_path / "t.jsonl").write_bytes(bom + b'{"tokens": ["john"], "tags": ["B-PER"]}\n')
+    assert data.read_tagged(tmp_path / "t.jsonl")[0].tags == ["B-PER"]
+    squad = {"data": [{"paragraphs": [{"context": "john", "qas": [
+        {"id": "q", "question": "who", "answers": [{"text": "john", "answer_start": 0}]}
+    ]}]}]}  # fmt: skip
+    (tmp_path / "s.json").write_bytes(bom + json.dumps(squad).encode())
+    assert data.read_qa(tmp_path / "s.json")[0].answers == [("john", 0)]
 
 
 def free_port() -> int:

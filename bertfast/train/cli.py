@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 TASKS = ("classification", "ner", "qa")
@@ -33,6 +36,7 @@ def _settings(args: argparse.Namespace):
         autocast=args.autocast,
         save_steps=args.save_steps,
         log_steps=args.log_steps,
+        max_steps=args.max_steps,
         stop_after_steps=args.stop_after_steps,
         resume=args.resume,
     )
@@ -40,6 +44,30 @@ def _settings(args: argparse.Namespace):
 
 def _fingerprint(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """A file's identity by content (its path may be spelled another way, or the file moved):
+    its size and SHA-256, streamed (about 0.5 GB/s)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def directory_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """The content of a model or tokenizer directory: every file directly in it, by name."""
+    digest = hashlib.sha256()
+    size = 0
+    for entry in sorted(Path(path).iterdir()):
+        if entry.is_file():
+            file = file_digest(entry)
+            digest.update(f"{entry.name}\0{file['sha256']}\0".encode())
+            size += file["bytes"]
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -80,7 +108,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if dist.is_main and new:
         print(f"bertfast finetune: newly initialised: {', '.join(new)}", file=sys.stderr)
 
-    def save_final(trained) -> None:
+    def save_model(trained) -> None:
         trained.save_pretrained(args.output)
         tokenizer.save_pretrained(args.output)
 
@@ -94,8 +122,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             Task(collate=job.collate, weight=job.weight, evaluate=evaluate),
             settings,
             dist,
-            _fingerprint(args, FINGERPRINT) | {"model": str(model_dir)},
-            save_final,
+            _fingerprint(args, FINGERPRINT)
+            | {"train": file_digest(args.train), "model": directory_digest(model_dir)},
+            save_model,
         )
     finally:
         close_distributed(dist)
@@ -138,6 +167,7 @@ def load_pretraining_config(name: str, vocab_size: int, max_length: int):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from bertfast.heads import BertForPreTraining
+    from bertfast.model_dirs import resolve_model_dir
     from bertfast.tokenizer import BertTokenizer
     from bertfast.train import tasks
     from bertfast.train.loop import Task, close_distributed, init_distributed, train
@@ -161,11 +191,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    def save_final(trained) -> None:
+    def save_model(trained) -> None:
         trained.save_pretrained(args.output)
         tokenizer.save_pretrained(args.output)
 
-    fingerprint = _fingerprint(args, PRETRAIN_FINGERPRINT)
+    fingerprint = _fingerprint(args, PRETRAIN_FINGERPRINT) | {
+        "corpus": [file_digest(path) for path in args.corpus],
+        "config": _config_identity(args.config),
+        "tokenizer": directory_digest(resolve_model_dir(args.tokenizer)),
+    }
     try:
         train(
             model,
@@ -174,11 +208,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             settings,
             dist,
             fingerprint,
-            save_final,
+            save_model,
         )
     finally:
         close_distributed(dist)
     return 0
+
+
+def _config_identity(name: str) -> str | dict[str, Any]:
+    """A preset by name; a config file (or a directory's config.json) by content."""
+    if os.path.isdir(name):
+        return file_digest(os.path.join(name, "config.json"))
+    return file_digest(name) if os.path.isfile(name) else name
 
 
 def torch_seed(seed: int) -> None:
@@ -201,6 +242,10 @@ PRETRAIN_FINGERPRINT = (
     "max_length",
     "mlm_probability",
     "whole_word_mask",
+    "max_grad_norm",
+    "autocast",
+    "backend",
+    "max_steps",
 )
 
 
@@ -217,6 +262,10 @@ FINGERPRINT = (
     "seed",
     "max_length",
     "stride",
+    "max_grad_norm",
+    "autocast",
+    "backend",
+    "max_steps",
 )
 
 
@@ -267,11 +316,18 @@ def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: floa
     )
     p.add_argument("--log-steps", type=int, default=10, help="log the loss every N steps")
     p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="optimizer steps of the whole run, overriding --epochs; the learning rate reaches "
+        "0 at the last (default: as many as --epochs take)",
+    )
+    p.add_argument(
         "--stop-after-steps",
         type=int,
         default=None,
-        help="stop with a checkpoint after N optimizer steps, the schedule unchanged "
-        "(default: run to the end); --resume continues",
+        help="stop this invocation after N more optimizer steps, the schedule unchanged, with a "
+        "checkpoint and the model so far (default: run to the end); --resume continues",
     )
     p.add_argument(
         "--resume",

@@ -52,7 +52,7 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
     records = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # as embed, a byte-order mark is ok
         try:
             if path.lower().endswith(".csv"):
                 reader = csv.DictReader(f)
@@ -317,7 +317,7 @@ def read_qa(path: str | os.PathLike) -> list[QAExample]:
     path = str(path)
     records = None
     if path.lower().endswith(".json") and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
         if not text.strip():
             raise DataError(f"{path}: empty file (no records)")

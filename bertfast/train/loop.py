@@ -46,13 +46,18 @@ class TrainSettings:
     autocast: str = "fp32"
     save_steps: int = 0
     log_steps: int = 10
-    stop_after_steps: int | None = None
+    max_steps: int | None = None  # the run's length in optimizer steps (overrides epochs)
+    stop_after_steps: int | None = None  # this invocation's steps, the schedule unchanged
     resume: bool = False
 
     def check(self) -> None:
         for name in ("batch_size", "accumulation"):
             value = getattr(self, name)
             if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("max_steps", "stop_after_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.epochs > 0:
             raise ValueError(f"--epochs must be > 0, got {self.epochs}")
@@ -128,6 +133,48 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
+
+
+def _describe(value: Any) -> str:
+    """A fingerprint value for a message: a file by its size and hash, others as they are."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{value['bytes']} bytes, sha256 {value['sha256'][:12]}"
+    return repr(value)
+
+
+def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written with other settings or data, naming each change."""
+    changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(
+            f"{k}: was {_describe(stored.get(k))}, now {_describe(current.get(k))}" for k in changed
+        )
+        raise ValueError(
+            f"{path} was written by a run with different settings or data ({details}); resume "
+            "with the same ones, or use a new --output"
+        )
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Keep the log records of steps up to ``step`` (the checkpoint's): a run killed after it
+    logged later steps would otherwise log them twice on resume. A torn last line goes too."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -209,19 +256,23 @@ def train(
     settings: TrainSettings,
     dist: Distributed,
     fingerprint: dict[str, Any],
-    save_final: Callable[[nn.Module], None],
+    save_model: Callable[[nn.Module], None],
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``features``; returns the epoch records written to the metrics log.
 
-    ``fingerprint`` (the settings that shape the run) is stored in each checkpoint; resuming
-    with a different one is an error rather than a silently different run.
+    ``fingerprint`` (the settings and data that shape the run) is stored in each checkpoint;
+    resuming with a different one is an error rather than a silently different run. Each
+    checkpoint also writes the model as it stands with ``save_model``, so that a stopped or
+    interrupted run leaves a loadable model.
     """
     settings.check()
     device = next(model.parameters()).device
+    # The ranks and the device change the arithmetic (the batch split, the kernels) too.
+    fingerprint = {**fingerprint, "world_size": dist.world_size, "device": device.type}
     n = len(features)
     global_batch = settings.batch_size * settings.accumulation * dist.world_size
     steps_per_epoch = math.ceil(n / global_batch)
-    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
     warmup = int(settings.warmup_ratio * total_steps)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay), lr=settings.learning_rate
@@ -233,14 +284,7 @@ def train(
     step, epoch_loss = 0, [0.0, 0]
     if settings.resume and os.path.isfile(checkpoint_path):
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(
-                k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]
-            )
-            raise ValueError(
-                f"{checkpoint_path} was written by a run with different settings ({changed}); "
-                "resume with the same ones, or use a new --output"
-            )
+        check_fingerprint(checkpoint_path, state["fingerprint"], fingerprint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -253,6 +297,8 @@ def train(
         random.seed(settings.seed)
     if dist.is_main and step == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
+    elif dist.is_main:
+        truncate_metrics(metrics_path, step)
 
     ddp = model
     if dist.world_size > 1:
@@ -269,7 +315,10 @@ def train(
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    saved_at = -1  # the step whose model is on disk
+
     def checkpoint() -> None:
+        nonlocal saved_at
         if dist.is_main:
             atomic_save(
                 {
@@ -283,11 +332,14 @@ def train(
                 },
                 checkpoint_path,
             )
+            save_model(model)
+            saved_at = step
         dist.barrier()
 
     order = None
     started, tokens_seen = time.perf_counter(), 0
-    stop_at = total_steps if settings.stop_after_steps is None else settings.stop_after_steps
+    stop_at = total_steps if settings.stop_after_steps is None else step + settings.stop_after_steps
+    where = f"the model so far is in {settings.output}; --resume continues"
     interrupted = CtrlC()
     with interrupted:  # Ctrl-C finishes the step, writes the checkpoint, then stops
         while step < min(total_steps, stop_at):
@@ -372,17 +424,18 @@ def train(
             if interrupted.agreed(dist, device):
                 checkpoint()
                 progress.message(
-                    f"interrupted: checkpoint at step {step} of {total_steps}; --resume continues"
+                    f"interrupted: checkpoint at step {step} of {total_steps}; {where}"
                 )
                 raise KeyboardInterrupt
     if step < total_steps:
         checkpoint()
-        progress.message(f"stopped at step {step} of {total_steps}; --resume continues")
+        progress.message(f"stopped at step {step} of {total_steps}; {where}")
         return records
-    if dist.is_main:
+    if dist.is_main and saved_at != step:
         model.eval()
-        save_final(model)
+        save_model(model)
     dist.barrier()
+    progress.message(f"finished at step {step} of {total_steps}; the model is in {settings.output}")
     return records
 
 

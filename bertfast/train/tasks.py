@@ -292,7 +292,7 @@ def read_corpus(paths: Sequence[str]) -> list[list[str]]:
             raise FileNotFoundError(f"no corpus file at {path!r}")
         current: list[str] = []
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no text
                 for line in f:
                     if line.strip():
                         current.append(line.strip())
@@ -337,8 +337,23 @@ def prepare_pretraining(args, tokenizer, config: BertConfig, pad_id: int) -> Job
     create_pretraining_data.py does) from --seed, so that batches and resume are exact."""
     from bertfast.data import MaskedLMCollator, build_next_sentence_pairs
 
+    documents = read_corpus(args.corpus)
+    budget = (args.max_length - 3) // 2
+    packed = pack_sentences(documents, tokenizer, budget)
+    if not any(len(segments) >= 2 for segments in packed):
+        if any(len(doc) >= 2 for doc in documents):
+            raise data.DataError(
+                f"{', '.join(args.corpus)}: every document's sentences fit together in one "
+                f"segment of {budget} tokens (half of --max-length {args.max_length}, less 3), "
+                "so there is no next segment to predict; give a smaller --max-length, or longer "
+                "documents (a blank line ends a document)"
+            )
+        raise data.DataError(
+            f"{', '.join(args.corpus)}: no document has two sentences (one sentence a line, a "
+            "blank line between documents), so there is no next sentence to predict"
+        )
     pairs = build_next_sentence_pairs(
-        pack_sentences(read_corpus(args.corpus), tokenizer, (args.max_length - 3) // 2),
+        packed,
         tokenizer,
         max_length=args.max_length,
         rng=args.seed,
