@@ -12,7 +12,7 @@ from bertfast.heads import (
 from bertfast.model import BertModel, BertModelOutput
 from bertfast.ops import backend_report, resolve_backend
 from bertfast.pipelines import pipeline
-from bertfast.sentence import SentenceEncoder
+from bertfast.sentence import SentenceEncoder, SentenceTransformer, quantize_embeddings
 from bertfast.tokenizer import BertTokenizer
 
 __version__ = "0.1.0"
@@ -41,11 +41,13 @@ __all__ = [
     "BertModelOutput",
     "BertTokenizer",
     "SentenceEncoder",
+    "SentenceTransformer",
     "__version__",
     "accelerate",
     "from_hf",
     "register_attention",
     "backend_report",
     "pipeline",
+    "quantize_embeddings",
     "resolve_backend",
 ]

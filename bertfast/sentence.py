@@ -42,6 +42,11 @@ _LEGACY_POOLING_KEYS = {
 # The files sentence-transformers reads a Transformer module's settings from, first found wins.
 TRANSFORMER_CONFIG_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json")
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Dropout", "LayerNorm", "Normalize")
+# sentence-transformers' similarity functions of single-vector models (SimilarityFunction values).
+SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+# encode's output_value and precision choices, as sentence-transformers' encode takes them.
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -304,6 +309,7 @@ class SentenceTransformersDir:
     do_lower_case: bool = False
     prompts: dict[str, str] | None = None
     default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
 
     @classmethod
     def read(cls, model_dir: Path) -> SentenceTransformersDir:
@@ -355,11 +361,23 @@ class SentenceTransformersDir:
             isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
         ):
             raise ValueError(f"{model_dir / 'config_sentence_transformers.json'}: bad prompts")
+        similarity = st_config.get("similarity_fn_name")
+        if similarity is not None and similarity not in SIMILARITY_FN_NAMES:
+            # sentence-transformers ignores a name it cannot score single vectors with (maxsim).
+            logger.warning(
+                "%s: similarity_fn_name %r is not one of %s; using cosine, as "
+                "sentence-transformers does",
+                model_dir / "config_sentence_transformers.json",
+                similarity,
+                SIMILARITY_FN_NAMES,
+            )
+            similarity = None
         return cls(
             folders[0],
             modules,
             prompts=prompts,
             default_prompt_name=st_config.get("default_prompt_name"),
+            similarity_fn_name=similarity,
             **cls._transformer_settings(folders[0]),
         )
 
@@ -393,6 +411,216 @@ def _check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
+def _check_truncate_dim(truncate_dim: Any, width: int) -> int | None:
+    """None, or a width in 1..``width`` (sentence-transformers slices whatever it is given; a
+    zero, negative or over-wide value is refused here rather than sliced into nonsense)."""
+    if truncate_dim is None:
+        return None
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1:
+        raise ValueError(f"truncate_dim must be a positive int or None, got {truncate_dim!r}")
+    if truncate_dim > width:
+        raise ValueError(
+            f"truncate_dim {truncate_dim} is wider than the model's {width}-dimensional "
+            f"embeddings; give at most {width}"
+        )
+    return truncate_dim
+
+
+def _check_device(device: torch.device | str | int) -> torch.device:
+    """The device as tensors name it (``cuda`` -> ``cuda:0``), or ValueError saying why not."""
+    if isinstance(device, (list, tuple)):
+        raise ValueError(
+            f"device= takes one device, got {list(device)}; encoding over several devices "
+            "(sentence-transformers' multi-process pool) is not supported"
+        )
+    try:
+        return torch.empty(0, device=device).device
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
+        here = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"device {device!r} cannot be used here ({reason}); available: {', '.join(here)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- similarity
+# sentence-transformers' util.similarity functions on dense embeddings, computed with the same
+# torch calls so that scores and shapes are equal to theirs.
+
+
+def _as_tensor(a: Any) -> torch.Tensor:
+    """Embeddings as one tensor (a list is stacked); floats below 32 bits become float32, since
+    a half-precision matmul would round nearby scores into ties."""
+    if isinstance(a, list):
+        if a and all(isinstance(x, torch.Tensor) for x in a):
+            a = torch.stack(a)
+        elif a and all(isinstance(x, np.ndarray) for x in a):
+            a = torch.stack([torch.as_tensor(x) for x in a])
+        else:
+            a = torch.tensor(a)
+    elif isinstance(a, np.ndarray):
+        a = torch.from_numpy(a) if a.flags.writeable else torch.tensor(a)
+    elif not isinstance(a, torch.Tensor):
+        a = torch.tensor(a)
+    if a.is_floating_point() and torch.finfo(a.dtype).bits < 32:
+        a = a.float()
+    return a
+
+
+def _as_batch(a: Any) -> torch.Tensor:
+    a = _as_tensor(a)
+    return a.unsqueeze(0) if a.dim() == 1 else a
+
+
+def _unit(a: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(a, p=2, dim=-1)
+
+
+def cos_sim(a: Any, b: Any) -> torch.Tensor:
+    """(n, m) cosine similarities of the rows of ``a`` and ``b`` (a 1-D input is one row)."""
+    return torch.mm(_unit(_as_batch(a)), _unit(_as_batch(b)).transpose(0, 1))
+
+
+def dot_score(a: Any, b: Any) -> torch.Tensor:
+    """(n, m) dot products."""
+    return torch.mm(_as_batch(a), _as_batch(b).transpose(0, 1))
+
+
+def euclidean_sim(a: Any, b: Any) -> torch.Tensor:
+    """(n, m) negative euclidean distances."""
+    return -torch.cdist(_as_batch(a), _as_batch(b), p=2.0)
+
+
+def manhattan_sim(a: Any, b: Any) -> torch.Tensor:
+    """(n, m) negative manhattan distances."""
+    return -torch.cdist(_as_batch(a), _as_batch(b), p=1.0)
+
+
+def pairwise_cos_sim(a: Any, b: Any) -> torch.Tensor:
+    """(n,) cosine similarity of ``a[i]`` and ``b[i]``."""
+    return (_unit(_as_tensor(a)) * _unit(_as_tensor(b))).sum(dim=-1)
+
+
+def pairwise_dot_score(a: Any, b: Any) -> torch.Tensor:
+    return (_as_tensor(a) * _as_tensor(b)).sum(dim=-1)
+
+
+def pairwise_euclidean_sim(a: Any, b: Any) -> torch.Tensor:
+    diff = _as_tensor(a) - _as_tensor(b)
+    if not diff.is_floating_point():
+        return -diff.square().sum(dim=-1).sqrt()
+    return -torch.linalg.vector_norm(diff, dim=-1)
+
+
+def pairwise_manhattan_sim(a: Any, b: Any) -> torch.Tensor:
+    return -torch.sum(torch.abs(_as_tensor(a) - _as_tensor(b)), dim=-1)
+
+
+SIMILARITY_FNS = {
+    "cosine": (cos_sim, pairwise_cos_sim),
+    "dot": (dot_score, pairwise_dot_score),
+    "euclidean": (euclidean_sim, pairwise_euclidean_sim),
+    "manhattan": (manhattan_sim, pairwise_manhattan_sim),
+}
+
+
+def _check_similarity_fn_name(name: Any) -> str:
+    name = getattr(name, "value", name)  # sentence-transformers' SimilarityFunction enum
+    if name not in SIMILARITY_FN_NAMES:
+        raise ValueError(
+            f"similarity_fn_name {name!r} is not supported; use one of {SIMILARITY_FN_NAMES}"
+        )
+    return name
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
+
+
+def quantization_ranges(
+    embeddings: np.ndarray, precision: str, calibration_embeddings: np.ndarray | None = None
+) -> np.ndarray:
+    """(2, dim): each dimension's minimum and maximum over ``calibration_embeddings``, else over
+    ``embeddings`` themselves (at least two of them), as sentence-transformers calibrates."""
+    if calibration_embeddings is None:
+        if embeddings.ndim == 1 or embeddings.shape[0] == 1:
+            raise ValueError(
+                f"cannot compute {precision} quantization ranges from a single embedding; "
+                "pass ranges= or calibration_embeddings= (quantize_embeddings) from a "
+                "representative set of embeddings"
+            )
+        if embeddings.shape[0] < 100:
+            logger.warning(
+                "computing %s quantization ranges from %d embeddings; ranges from more "
+                "embeddings (calibration_embeddings=) are more stable",
+                precision,
+                embeddings.shape[0],
+            )
+        calibration_embeddings = embeddings
+    return np.vstack((calibration_embeddings.min(axis=0), calibration_embeddings.max(axis=0)))
+
+
+def quantize_embeddings(
+    embeddings: torch.Tensor | np.ndarray | list,
+    precision: str,
+    ranges: np.ndarray | None = None,
+    calibration_embeddings: np.ndarray | None = None,
+) -> np.ndarray | list[np.ndarray]:
+    """sentence-transformers' ``quantize_embeddings``: the same numbers, dtypes and rules.
+
+    int8 / uint8: each dimension's range (``ranges``, else the min and max over
+    ``calibration_embeddings``, else over the embeddings themselves) cut into 256 buckets;
+    binary / ubinary: one bit per dimension (> 0), packed 8 to a byte (int8 offset by -128, or
+    uint8). A list of (tokens, dim) matrices is quantized with one set of ranges for all.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = _to_numpy(embeddings)
+    elif isinstance(embeddings, list):
+        if not embeddings:
+            return []
+        embeddings = [_to_numpy(e) if isinstance(e, torch.Tensor) else e for e in embeddings]
+        if isinstance(embeddings[0], np.ndarray) and embeddings[0].ndim == 2:
+            # Token embeddings: calibrate once, so every text shares the buckets.
+            if precision.endswith("int8") and ranges is None:
+                data = (
+                    np.concatenate(embeddings, axis=0)
+                    if calibration_embeddings is None
+                    else calibration_embeddings
+                )
+                if len(data):
+                    ranges = quantization_ranges(data, precision, calibration_embeddings)
+            return [
+                quantize_embeddings(m, precision, ranges, calibration_embeddings)
+                for m in embeddings
+            ]
+        embeddings = np.array(embeddings)
+    if embeddings.dtype in (np.uint8, np.int8):
+        raise TypeError(f"embeddings to quantize must be floats, got {embeddings.dtype}")
+    if embeddings.ndim == 2 and embeddings.shape[0] == 0:
+        dim = embeddings.shape[1]
+        signed = precision in ("int8", "binary")
+        width = dim if precision.endswith("int8") else (dim + 7) // 8
+        return np.zeros((0, width), dtype=np.int8 if signed else np.uint8)
+    if precision == "float32":
+        return embeddings.astype(np.float32)
+    if precision.endswith("int8"):
+        if ranges is None:
+            ranges = quantization_ranges(embeddings, precision, calibration_embeddings)
+        ranges = ranges.astype(np.float32, copy=False)
+        starts = ranges[0, :]
+        steps = (ranges[1, :] - starts) / 255
+        steps = np.where(steps == 0, 1, steps)
+        buckets = np.clip(np.floor((embeddings - starts) / steps), 0, 255)
+        return buckets.astype(np.uint8) if precision == "uint8" else (buckets - 128).astype(np.int8)
+    packed = np.packbits(embeddings > 0, axis=-1)
+    return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
+
+
 class SentenceEncoder:
     """Text in, one vector per text out, equal to sentence-transformers' ``encode``."""
 
@@ -407,9 +635,13 @@ class SentenceEncoder:
         modules: Sequence[SentenceModule] | None = None,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
+        similarity_fn_name: str | None = None,
+        truncate_dim: int | None = None,
     ):
         """``modules`` (Pooling, then Dense / Dropout / LayerNorm / Normalize) is what follows the
-        encoder; without it, ``pooling`` (default mean) and ``normalize`` (default True)."""
+        encoder; without it, ``pooling`` (default mean) and ``normalize`` (default True).
+        ``similarity_fn_name`` (default cosine) is what ``similarity`` computes; ``truncate_dim``
+        cuts every embedding ``encode`` returns to its first dimensions."""
         if modules is None:
             modules = [Pooling(check_pooling_modes(pooling or "mean"))]
             if normalize is None or normalize:
@@ -438,6 +670,8 @@ class SentenceEncoder:
             raise ValueError(f"max_seq_length must be a positive int, got {wanted!r}")
         self.max_seq_length = min(wanted, limit)
         self._prompt_lengths: dict[str, int] = {}
+        self.similarity_fn_name = similarity_fn_name
+        self.truncate_dim = truncate_dim
 
     @classmethod
     def from_pretrained(
@@ -446,30 +680,33 @@ class SentenceEncoder:
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        similarity_fn_name: str | None = None,
+        truncate_dim: int | None = None,
     ) -> SentenceEncoder:
-        """Load a sentence-transformers directory (modules.json) or a bare BERT one."""
-        spec = SentenceTransformersDir.read(resolve_model_dir(name_or_path))
-        model = BertModel.from_pretrained(
-            spec.encoder_dir, backend=backend, dtype=dtype, device=device
+        """Load a sentence-transformers directory (modules.json) or a bare BERT one.
+
+        ``prompts`` are added to the directory's (a name given here wins); ``default_prompt_name``
+        and ``similarity_fn_name`` given here replace the directory's."""
+        model, tokenizer, settings = _load(
+            name_or_path, backend, device, dtype, prompts, default_prompt_name, similarity_fn_name
         )
-        tokenizer = BertTokenizer.from_pretrained(spec.encoder_dir)
-        if spec.do_lower_case:
-            tokenizer.lowercase_inputs()
-        modules = [
-            m.to(model.device) if isinstance(m, torch.nn.Module) else m for m in spec.modules
-        ]
-        return cls(
-            model,
-            tokenizer,
-            max_seq_length=spec.max_seq_length,
-            modules=modules,
-            prompts=spec.prompts,
-            default_prompt_name=spec.default_prompt_name,
-        )
+        encoder = cls.__new__(cls)  # SentenceTransformer's own constructor loads by name
+        SentenceEncoder.__init__(encoder, model, tokenizer, truncate_dim=truncate_dim, **settings)
+        return encoder
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def to(self, device: torch.device | str) -> SentenceEncoder:
+        """Move the encoder and its modules to ``device``; returns self."""
+        device = _check_device(device)
+        self.model.to(device)
+        self.modules = [m.to(device) if isinstance(m, torch.nn.Module) else m for m in self.modules]
+        return self
 
     @property
     def pooling(self) -> str:
@@ -481,12 +718,45 @@ class SentenceEncoder:
         """Whether the module pipeline ends in unit vectors."""
         return any(isinstance(m, Normalize) for m in self.modules)
 
-    def get_sentence_embedding_dimension(self) -> int:
+    @property
+    def similarity_fn_name(self) -> str:
+        """What ``similarity`` computes: cosine, dot, euclidean or manhattan (default cosine,
+        else the directory's ``config_sentence_transformers.json``)."""
+        return self._similarity_fn_name or "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str | None) -> None:
+        self._similarity_fn_name = None if name is None else _check_similarity_fn_name(name)
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """The width ``encode`` cuts sentence embeddings to (None: the model's full width)."""
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, truncate_dim: int | None) -> None:
+        self._truncate_dim = _check_truncate_dim(truncate_dim, self._full_dimension())
+
+    def _full_dimension(self) -> int:
         width = len(self.modules[0].modes) * self.model.config.hidden_size
         for m in self.modules:
             if isinstance(m, Dense):
                 width = m.linear.out_features
         return width
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The width of encode's vectors (``truncate_dim`` when set, as sentence-transformers)."""
+        return self.truncate_dim or self._full_dimension()
+
+    def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
+        """(n, m) scores of every row of ``embeddings1`` against every row of ``embeddings2``
+        (tensors, numpy arrays or lists of either; a 1-D input is one row) with
+        ``similarity_fn_name``, as sentence-transformers computes them."""
+        return SIMILARITY_FNS[self.similarity_fn_name][0](embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
+        """(n,) scores of ``embeddings1[i]`` against ``embeddings2[i]``."""
+        return SIMILARITY_FNS[self.similarity_fn_name][1](embeddings1, embeddings2)
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         if prompt is not None:
@@ -512,6 +782,34 @@ class SentenceEncoder:
             self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
         return self._prompt_lengths[prompt]
 
+    def encode_query(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``encode`` with the directory's "query" prompt (none if it has none: the default
+        prompt does not apply), unless ``prompt`` or ``prompt_name`` is given."""
+        if prompt is None and prompt_name is None:
+            prompt = self.prompts.get("query", "")
+        return self.encode(sentences, prompt_name, prompt, **kwargs)
+
+    def encode_document(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``encode`` with the directory's "document" prompt (none if it has none: the default
+        prompt does not apply), unless ``prompt`` or ``prompt_name`` is given."""
+        if prompt is None and prompt_name is None:
+            # sentence-transformers always holds a "document" prompt ("" unless saved), so its
+            # fallbacks "passage" and "corpus" are never reached; the same here.
+            prompt = self.prompts.get("document", "")
+        return self.encode(sentences, prompt_name, prompt, **kwargs)
+
     @torch.inference_mode()
     def encode(
         self,
@@ -520,16 +818,31 @@ class SentenceEncoder:
         prompt: str | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        output_value: str | None = "sentence_embedding",
+        precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        device: torch.device | str | None = None,
         normalize_embeddings: bool = False,
-    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
-        """Embeddings with sentence-transformers' defaults and keywords.
+        truncate_dim: int | None = None,
+    ) -> np.ndarray | torch.Tensor | list:
+        """Embeddings with sentence-transformers' defaults, keywords and return types.
 
         A (n, dim) float32 numpy array by default; one tensor on the model's device with
         ``convert_to_tensor``; a list of tensors when both conversions are off; (dim,) for a
         single string. The directory's Normalize module always runs;
         ``normalize_embeddings=True`` normalises once more at the end, as there.
+
+        - ``output_value="token_embeddings"``: a list of (tokens, hidden) tensors, the encoder's
+          output for each text's real tokens; ``None``: a list of dicts holding the batch's
+          ``input_ids``, ``token_type_ids``, ``attention_mask``, ``token_embeddings`` (padded
+          to the batch) and ``sentence_embedding``. Neither is converted to numpy or stacked.
+        - ``precision``: float32, or int8 / uint8 / binary / ubinary as ``quantize_embeddings``
+          computes them, int8 and uint8 calibrated on this call's embeddings (a single text
+          cannot be: quantize float32 output with ``quantize_embeddings(..., ranges=...)``).
+        - ``truncate_dim``: the first dimensions of each sentence embedding (default: the
+          encoder's ``truncate_dim``), cut before ``normalize_embeddings``.
+        - ``device``: move the encoder there first (it stays there), as sentence-transformers.
         """
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
@@ -537,8 +850,24 @@ class SentenceEncoder:
             if not isinstance(t, str):
                 raise TypeError(f"sentences must be strings, got {type(t).__name__}")
         batch_size = _check_batch_size(batch_size)
+        if output_value not in OUTPUT_VALUES:
+            raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+        if precision != "float32" and output_value is None:
+            raise ValueError(
+                f"precision={precision!r} quantizes sentence or token embeddings; "
+                "output_value=None returns every output and cannot be quantized"
+            )
+        if truncate_dim is None:
+            truncate_dim = self.truncate_dim
+        truncate_dim = _check_truncate_dim(truncate_dim, self._full_dimension())
+        if device is not None and _check_device(device) != self.device:
+            self.to(device)
         if convert_to_tensor:
             convert_to_numpy = False
+        if output_value != "sentence_embedding":  # lists of per-text outputs, as there
+            convert_to_numpy = convert_to_tensor = False
         prompt = self._resolve_prompt(prompt, prompt_name)
         if not texts:  # sentence-transformers' empty results
             if convert_to_tensor:
@@ -561,19 +890,43 @@ class SentenceEncoder:
             batch = [texts[i] for i in order[start : start + batch_size]]
             if prompt:
                 batch = [prompt + t for t in batch]
-            vectors = self._embed(batch, prompt_length)
-            if normalize_embeddings:
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            chunks.append(vectors.cpu() if convert_to_numpy else vectors)
-        restore = torch.from_numpy(np.argsort(order)).to(chunks[0].device)
-        out = torch.cat(chunks)[restore]
-        if convert_to_numpy:
+            features = self._forward(batch, prompt_length)
+            if truncate_dim is not None:
+                features["sentence_embedding"] = features["sentence_embedding"][..., :truncate_dim]
+            if output_value == "token_embeddings":
+                chunks.extend(
+                    tokens[mask.bool()]
+                    for tokens, mask in zip(
+                        features["token_embeddings"], features["attention_mask"], strict=True
+                    )
+                )
+            elif output_value is None:
+                chunks.extend({k: v[i] for k, v in features.items()} for i in range(len(batch)))
+            else:
+                vectors = features["sentence_embedding"]
+                if normalize_embeddings:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                chunks.append(vectors.cpu() if convert_to_numpy else vectors)
+        restore = np.argsort(order)
+        if output_value != "sentence_embedding":
+            out: Any = [chunks[i] for i in restore]
+        else:
+            out = torch.cat(chunks)[torch.from_numpy(restore).to(chunks[0].device)]
+        if precision != "float32":
+            out = quantize_embeddings(out, precision)  # numpy, whatever the device
+            if convert_to_tensor:
+                out = torch.as_tensor(out)
+            elif not convert_to_numpy and output_value == "sentence_embedding":
+                out = list(torch.from_numpy(out))
+        elif convert_to_numpy:
             out = out.numpy()
-        elif not convert_to_tensor:
+        elif not convert_to_tensor and output_value == "sentence_embedding":
             out = list(out)
         return out[0] if single else out
 
-    def _embed(self, texts: list[str], prompt_length: int | None) -> torch.Tensor:
+    def _forward(self, texts: list[str], prompt_length: int | None) -> dict[str, torch.Tensor]:
+        """The batch's inputs, ``token_embeddings`` (the encoder's output) and
+        ``sentence_embedding`` (the modules' output), as sentence-transformers' features."""
         enc = self.tokenizer(
             texts,
             padding=True,
@@ -581,9 +934,13 @@ class SentenceEncoder:
             max_length=self.max_seq_length,
             return_tensors="pt",
         )
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        hidden = self.model(**enc).last_hidden_state
-        return self.apply_modules(hidden, enc["attention_mask"], prompt_length)
+        features = {k: v.to(self.device) for k, v in enc.items()}
+        hidden = self.model(**features).last_hidden_state
+        features["token_embeddings"] = hidden
+        features["sentence_embedding"] = self.apply_modules(
+            hidden, features["attention_mask"], prompt_length
+        )
+        return features
 
     def apply_modules(
         self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int | None = None
@@ -594,3 +951,66 @@ class SentenceEncoder:
         for module in self.modules[1:]:
             vectors = module(vectors)
         return vectors
+
+
+def _load(
+    name_or_path: str | os.PathLike,
+    backend: str,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+    prompts: dict[str, str] | None,
+    default_prompt_name: str | None,
+    similarity_fn_name: str | None,
+) -> tuple[BertModel, BertTokenizer, dict[str, Any]]:
+    """The encoder, tokenizer and SentenceEncoder settings a model directory describes."""
+    spec = SentenceTransformersDir.read(resolve_model_dir(name_or_path))
+    model = BertModel.from_pretrained(spec.encoder_dir, backend=backend, dtype=dtype, device=device)
+    tokenizer = BertTokenizer.from_pretrained(spec.encoder_dir)
+    if spec.do_lower_case:
+        tokenizer.lowercase_inputs()
+    modules = [m.to(model.device) if isinstance(m, torch.nn.Module) else m for m in spec.modules]
+    return (
+        model,
+        tokenizer,
+        {
+            "max_seq_length": spec.max_seq_length,
+            "modules": modules,
+            "prompts": {**(spec.prompts or {}), **(prompts or {})},
+            "default_prompt_name": default_prompt_name or spec.default_prompt_name,
+            "similarity_fn_name": similarity_fn_name or spec.similarity_fn_name,
+        },
+    )
+
+
+class SentenceTransformer(SentenceEncoder):
+    """SentenceEncoder behind sentence-transformers' constructor, for code written against
+    ``sentence_transformers.SentenceTransformer``: ``SentenceTransformer("all-MiniLM-L6-v2")``.
+
+    A local directory or the bundled model's name (no hub); ``device`` defaults to cuda when
+    torch sees a GPU, as there. ``backend`` and ``dtype`` are bertfast's (``from_pretrained``).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        similarity_fn_name: str | None = None,
+        truncate_dim: int | None = None,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+    ):
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer, settings = _load(
+            model_name_or_path,
+            backend,
+            device,
+            dtype,
+            prompts,
+            default_prompt_name,
+            similarity_fn_name,
+        )
+        super().__init__(model, tokenizer, truncate_dim=truncate_dim, **settings)
