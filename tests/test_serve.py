@@ -433,6 +433,8 @@ def test_health_and_info(servers, client):
     assert info["max_input_length"] == 256
     assert (info["max_concurrent_requests"], info["max_client_batch_size"]) == (512, 32)
     assert (info["max_batch_tokens"], info["payload_limit"]) == (16384, 2_000_000)
+    assert (info["timeout_body"], info["timeout_graceful_shutdown"]) == (30, 20)
+    assert (info["timeout_keep_alive"], info["max_connections"]) == (5, 1000)
     info = client.get(servers["classifier"] + "/info").json()
     assert info["model_type"]["classifier"]["id2label"] == {str(k): v for k, v in LABELS.items()}
     assert "reranker" in client.get(servers["reranker"] + "/info").json()["model_type"]
@@ -458,6 +460,41 @@ ERRORS = [
         "Validation",
         "base64",
     ),
+    (
+        "embed",
+        "/v1/embeddings",
+        {"input": "a", "encoding_format": ""},
+        422,
+        "Validation",
+        "must be 'float' or 'base64', got ''",
+    ),
+    (
+        "embed",
+        "/v1/embeddings",
+        {"input": "a", "model": "\ud800"},
+        422,
+        "Validation",
+        "`model` holds a lone surrogate",
+    ),  # fmt: skip
+    (
+        "embed",
+        "/tokenize",
+        {"inputs": ["a", "\ud800"]},
+        422,
+        "Validation",
+        "`inputs[1]` holds a lone surrogate",
+    ),  # fmt: skip
+    (
+        "embed",
+        "/embed",
+        {"inputs": "a", "x": {"\udfff": 1}},
+        422,
+        "Validation",
+        "a key of x",
+    ),  # fmt: skip
+    ("embed", "/embed", b"[" * 100_000, 422, "Validation", "nested too deeply"),
+    ("embed", "/tokenize", {"inputs": EMBED_TEXTS[3]}, 413, "Validation", "has 402 tokens"),
+    ("embed", "/tokenize", {"inputs": ["a"] * 33}, 422, "Validation", "batch size 33 > maximum"),
     ("embed", "/predict", {"inputs": "a"}, 424, "Backend", "of kind classifier"),
     ("embed", "/decode", {"ids": [1, "x"]}, 422, "Validation", "integer"),
     ("embed", "/rerank", {"query": "a", "texts": []}, 400, "Empty", "cannot be empty"),
@@ -484,6 +521,44 @@ def test_errors(servers, client, server, route, body, status, error_type, messag
     assert set(answer) == {"error", "error_type"}
     assert answer["error_type"] == error_type
     assert message in answer["error"], answer["error"]
+
+
+def test_bad_unicode_is_a_json_4xx_counted_as_a_failure(servers, client):
+    # Before: the echoed model name could not be encoded: a plain-text 500 counted a success.
+    url = servers["embed"]
+    before = client.get(url + "/metrics").text
+    r = post(client, url, "/v1/embeddings", {"input": "a", "model": "\ud800"})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json"
+    after = client.get(url + "/metrics").text
+    success = ("te_request_success_total", 'method="openai_embed"')
+    failure = ("te_request_failure_total", 'err="Validation"')
+    assert metric(after, *success) == metric(before, *success)
+    assert metric(after, *failure) == metric(before, *failure) + 1
+
+
+def test_tokenize_has_the_input_limits_of_embed(servers, client, model_dirs):
+    url = servers["embed"]
+    tok = transformers.AutoTokenizer.from_pretrained(model_dirs["minilm"])
+    text = EMBED_TEXTS[3]  # 402 tokens; the model takes 256
+    for side in ("right", "left"):
+        r = post(client, url, "/tokenize", {"inputs": text, "truncate": True,
+                                            "truncation_direction": side})  # fmt: skip
+        assert r.status_code == 200, r.text
+        tok.truncation_side = side
+        enc = tok(text, truncation=True, max_length=256, return_offsets_mapping=True)
+        tokens = r.json()[0]
+        assert [t["id"] for t in tokens] == enc["input_ids"], side
+        for t, (start, stop) in zip(tokens[1:-1], enc["offset_mapping"][1:-1]):
+            assert (t["start"], t["stop"], t["text"]) == (start, stop, text[start:stop])
+        # Without special tokens the limit leaves room for them: 254.
+        r = post(client, url, "/tokenize", {"inputs": text, "truncate": True,
+                                            "add_special_tokens": False,
+                                            "truncation_direction": side})  # fmt: skip
+        expected = tok(text, add_special_tokens=False, truncation=True, max_length=254)
+        assert [t["id"] for t in r.json()[0]] == expected["input_ids"], side
+    tok.truncation_side = "right"
+    r = post(client, url, "/tokenize", {"inputs": text, "add_special_tokens": False})
+    assert r.status_code == 413 and "has 402 tokens" in r.json()["error"]
 
 
 def test_payload_limit_and_unknown_route(servers, client):
@@ -519,33 +594,18 @@ def finish_raw(sock: socket.socket, rest: bytes) -> tuple[int, object]:
     return int(head.split()[1]), json.loads(payload)
 
 
-def wait_for_in_flight(client, url: str, count: int, exactly: bool = False) -> None:
-    """Poll /metrics until at least (or exactly) ``count`` inference requests are in flight."""
+def wait_for_in_flight(
+    client, url: str, count: int, exactly: bool = False, gauge: str = "te_requests_in_flight"
+) -> None:
+    """Poll /metrics until at least (or exactly) ``count`` inference requests are in flight
+    (or, with ``gauge="bertfast_requests_reading"``, have their body arriving)."""
     deadline = time.monotonic() + 30
     while True:
-        now = metric(client.get(url + "/metrics").text, "te_requests_in_flight")
+        now = metric(client.get(url + "/metrics").text, gauge)
         if now == count or (now > count and not exactly):
             return
         assert time.monotonic() < deadline, f"never saw {count} requests in flight (now {now})"
         time.sleep(0.02)
-
-
-def test_429_over_max_concurrent_requests(servers, client, hf_classifiers):
-    url = servers["classifier"]  # started with --max-concurrent-requests 2
-    body = json.dumps({"inputs": "a cat"}).encode()
-    held = [raw_partial_request(url, "/predict", body) for _ in range(2)]
-    wait_for_in_flight(client, url, 2)
-    r = post(client, url, "/predict", {"inputs": "a dog"})
-    assert r.status_code == 429, r.text
-    assert r.json()["error_type"] == "Overloaded" and "at most 2" in r.json()["error"]
-    logits = hf_logits(hf_classifiers["classifier"], ["a cat"])[0]
-    for sock, rest in held:  # the held requests were accepted and are answered in full
-        status, answer = finish_raw(sock, rest)
-        assert status == 200
-        assert answer[0]["label"] == LABELS[int(np.argmax(logits))]
-    # A request leaves the count just after its answer is sent: wait for it, then go on.
-    wait_for_in_flight(client, url, 0, exactly=True)
-    assert post(client, url, "/predict", {"inputs": "a dog"}).status_code == 200
 
 
 def test_model_failure_is_424_for_that_input_only(servers, client, hf_classifiers):
@@ -639,7 +699,7 @@ def test_shutdown_under_load_loses_nothing(model_dirs):
             raw_partial_request(url, "/embed", json.dumps({"inputs": t}).encode())
             for t in held_texts
         ]
-        wait_for_in_flight(c, url, len(held))
+        wait_for_in_flight(c, url, len(held), gauge="bertfast_requests_reading")
 
     async def load_then_stop():
         async with async_client() as ac:
@@ -765,3 +825,5 @@ def test_cli_errors_name_the_problem(capsys, tmp_path):
     assert f"cannot bind {HOST}:{port}" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--max-batch-tokens", "0"]) == 2
     assert "max_batch_tokens must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--timeout-body", "0"]) == 2
+    assert "timeout_body must be a positive number of seconds" in capsys.readouterr().err

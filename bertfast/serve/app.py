@@ -7,7 +7,8 @@ what                                                         status  error_type
 ===========================================================  ======  ===========
 more than ``max_concurrent_requests`` inference requests     429     Overloaded
 body over ``payload_limit`` bytes                            413     Validation
-malformed JSON, a wrong type or value                        422     Validation
+body not in within ``timeout_body`` seconds                  408     Timeout
+malformed JSON, a wrong type or value, a lone surrogate      422     Validation
 more than ``max_client_batch_size`` inputs                   422     Validation
 an empty input list (as TEI)                                 400     Empty
 an input over the model's token limit with truncate=false    413     Validation
@@ -15,6 +16,7 @@ tokenizer failure                                            422     Tokenizer
 the model failed on the input, or cannot serve the route     424     Backend
 server stopping or batcher down (/health)                    503     Unhealthy
 a bug in the server (logged)                                 500     Internal
+the client went away before its answer (work cancelled)     499     Dropped
 ===========================================================  ======  ===========
 """
 
@@ -127,6 +129,47 @@ def _direction(body: dict) -> str:
     return value.lower()
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """Where a string holding a lone surrogate is in a parsed JSON body (e.g. ``inputs[2]``),
+    or None. Such a string is not Unicode: it can be neither tokenized nor echoed as UTF-8."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:  # iterative: bodies nest as deep as json.loads allows
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "the body"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                stack.append((key, f"a key of {where or 'the body'}"))
+                stack.append((sub, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+    return None
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request's JSON object, or a 422 naming what is wrong with it."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise errors.validation("malformed JSON body: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.validation(f"malformed JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise errors.validation(f"the body must be a JSON object, got {_type_name(body)}")
+    # A lone surrogate can only come from a \uD800-\uDFFF escape: skip the walk without one.
+    if b"\\ud" in raw or b"\\uD" in raw:
+        where = _lone_surrogate(body)
+        if where is not None:
+            raise errors.validation(
+                f"`{where}` holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair), "
+                "which is not valid Unicode"
+            )
+    return body
+
+
 class Router:
     """State shared by the routes: backend, tokenization, batcher, limits, metrics."""
 
@@ -139,7 +182,8 @@ class Router:
         self.compute_type = backend.device.type
         self.batcher: Batcher | None = None
         self.tokenizer_pool: ThreadPoolExecutor | None = None
-        self.in_flight = 0
+        self.in_flight = 0  # requests with their body in, until answered
+        self.reading = 0  # requests whose body is still arriving
         self.answered = 0  # inference requests answered, errors included (reported at exit)
         self.stopping = False
 
@@ -151,12 +195,14 @@ class Router:
         self.tokenizer_pool = ThreadPoolExecutor(
             max_workers=s.tokenization_workers, thread_name_prefix="bertfast-tokenizer"
         )
-        # Every accepted request fits in the queue at once, so it never overflows silently.
+        # Every accepted request fits in the queue at once, so admission (max_concurrent_requests)
+        # is the only limit a client meets: a request queues at most max_client_batch_size
+        # inputs plus one (/rerank's query, /similarity's source sentence).
         self.batcher = Batcher(
             self.backend,
             s.max_batch_tokens,
             s.max_batch_requests,
-            max_queue=s.max_concurrent_requests * s.max_client_batch_size,
+            max_queue=s.max_concurrent_requests * (s.max_client_batch_size + 1),
             metrics=self.metrics,
         )
         await self.batcher.start()
@@ -275,7 +321,8 @@ class Router:
     async def openai_embed(self, body: dict, timing: Timing) -> Any:
         self._needs("/v1/embeddings", ("embedding",))
         texts, _ = self._texts(body.get("input"), "input")
-        fmt = body.get("encoding_format") or "float"
+        fmt = body.get("encoding_format")
+        fmt = "float" if fmt is None else fmt
         if fmt not in ("float", "base64"):
             raise errors.validation(f"`encoding_format` must be 'float' or 'base64', got {fmt!r}")
         model = body.get("model")
@@ -406,9 +453,12 @@ class Router:
     async def tokenize(self, body: dict, timing: Timing) -> Any:
         texts, _ = self._texts(body.get("inputs"), "inputs")
         add_special = _bool(body, "add_special_tokens", True)
+        # The limits of /embed: an input over the model's length is refused or cut.
+        truncate = _bool(body, "truncate", self.settings.auto_truncate)
+        direction = _direction(body)
         loop = asyncio.get_running_loop()
         tokens = await loop.run_in_executor(
-            self.tokenizer_pool, self.tokenization.tokens, texts, add_special
+            self.tokenizer_pool, self.tokenization.tokens, texts, add_special, truncate, direction
         )
         timing.tokens = sum(len(row) for row in tokens)
         timing.chars = sum(len(t) for t in texts)
@@ -460,6 +510,10 @@ class Router:
                 "payload_limit": s.payload_limit,
                 "auto_truncate": s.auto_truncate,
                 "tokenization_workers": s.tokenization_workers,
+                "max_connections": s.max_connections,
+                "timeout_body": s.timeout_body,
+                "timeout_graceful_shutdown": s.timeout_graceful_shutdown,
+                "timeout_keep_alive": s.timeout_keep_alive,
                 "version": bertfast.__version__,
             }
         )
@@ -474,16 +528,9 @@ class Router:
             timing = Timing()
             self.metrics.request_count.labels(name).inc()
             try:
-                raw = await request.body()
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise errors.validation(f"malformed JSON body: {exc}") from None
-                if not isinstance(body, dict):
-                    raise errors.validation(
-                        f"the body must be a JSON object, got {_type_name(body)}"
-                    )
-                answer = await route(body, timing)
+                body = parse_body(await request.body())
+                answer = await self._unless_disconnected(request, route(body, timing))
+                response = JSONResponse(answer, headers=timing.headers(self.compute_type))
             except ServeError as err:
                 self.metrics.request_failure.labels(err.error_type).inc()
                 return error_response(err)
@@ -498,16 +545,42 @@ class Router:
             m.tokenization_duration.observe(timing.tokenization)
             m.queue_duration.observe(timing.queue)
             m.inference_duration.observe(timing.inference)
-            return JSONResponse(answer, headers=timing.headers(self.compute_type))
+            return response
 
         handle.__name__ = name
         return handle
 
+    @staticmethod
+    async def _unless_disconnected(request: Request, work) -> Any:
+        """Run a route's work, cancelling it when the client goes away: cancelling drops its
+        queued inputs (the batcher skips cancelled futures), so nobody computes for a
+        departed client. The body is read already, so the next receive() is the disconnect."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(request.receive())
+        try:
+            while not task.done():
+                await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if task.done() or not watch.done():
+                    continue
+                if watch.exception() is None and watch.result()["type"] != "http.disconnect":
+                    watch = asyncio.ensure_future(request.receive())  # not a disconnect
+                    continue
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ServeError(499, errors.DROPPED, "the client closed the connection")
+        finally:
+            watch.cancel()
+        return task.result()
+
 
 class LimitsMiddleware:
-    """429 over max_concurrent_requests and 413 over payload_limit, before a route runs.
+    """Before a route runs: 413 over payload_limit, 408 for a body slower than timeout_body,
+    then 429 over max_concurrent_requests.
 
-    A request counts as in flight from its headers on, so a slow upload holds its place.
+    A request takes an inference slot only once its whole body has arrived, so slow uploads
+    cannot lock real clients out; open connections are bounded apart (uvicorn's
+    limit_concurrency, ``max_connections``), and the body deadline frees them.
     """
 
     def __init__(self, app, router: Router):
@@ -520,25 +593,47 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         router, s = self.router, self.router.settings
-        if router.in_flight >= s.max_concurrent_requests:
-            router.metrics.request_count.labels(INFERENCE_ROUTES[path]).inc()
-            router.metrics.request_failure.labels(errors.OVERLOADED).inc()
-            err = errors.overloaded(
-                f"model is overloaded: {router.in_flight} requests in flight, at most "
-                f"{s.max_concurrent_requests} (--max-concurrent-requests)"
+        metrics = router.metrics
+
+        async def refuse(err: ServeError, headers: dict[str, str] | None = None) -> None:
+            metrics.request_count.labels(INFERENCE_ROUTES[path]).inc()
+            metrics.request_failure.labels(err.error_type).inc()
+            response = error_response(err)
+            response.headers.update(headers or {})
+            await response(scope, receive, send)
+
+        router.reading += 1
+        metrics.reading.set(router.reading)
+        try:
+            body = await asyncio.wait_for(
+                self._read_body(scope, receive, s.payload_limit), s.timeout_body
             )
-            await error_response(err)(scope, receive, send)
+        except (asyncio.TimeoutError, TimeoutError):
+            body = ServeError(
+                408,
+                errors.TIMEOUT,
+                f"the request body did not arrive within {s.timeout_body:g} s (--timeout-body)",
+            )
+        finally:
+            router.reading -= 1
+            metrics.reading.set(router.reading)
+        if isinstance(body, ServeError):
+            # The rest of an unread body would be taken for the next request: close instead.
+            close = {"connection": "close"} if body.status in (408, 413) else None
+            await refuse(body, close)
+            return
+        if router.in_flight >= s.max_concurrent_requests:
+            await refuse(
+                errors.overloaded(
+                    f"model is overloaded: {router.in_flight} requests in flight, at most "
+                    f"{s.max_concurrent_requests} (--max-concurrent-requests)"
+                )
+            )
             router.answered += 1
             return
         router.in_flight += 1
-        router.metrics.in_flight.set(router.in_flight)
+        metrics.in_flight.set(router.in_flight)
         try:
-            body = await self._read_body(scope, receive, s.payload_limit)
-            if isinstance(body, ServeError):
-                router.metrics.request_count.labels(INFERENCE_ROUTES[path]).inc()
-                router.metrics.request_failure.labels(body.error_type).inc()
-                await error_response(body)(scope, receive, send)
-                return
             sent = False
 
             async def replay():
@@ -552,7 +647,7 @@ class LimitsMiddleware:
         finally:
             router.in_flight -= 1
             router.answered += 1
-            router.metrics.in_flight.set(router.in_flight)
+            metrics.in_flight.set(router.in_flight)
 
     @staticmethod
     async def _read_body(scope, receive, limit: int) -> bytes | ServeError:

@@ -114,6 +114,9 @@ class Batcher:
         longest = total = 0
         while self._queue and len(batch) < self.max_batch_requests:
             item = self._queue[0]
+            if item.future.done():  # cancelled: its client went away, nobody needs it
+                self._queue.popleft()
+                continue
             cost = self._cost(len(batch) + 1, max(longest, item.length), total + item.length)
             if batch and cost > self.max_batch_tokens:
                 break
@@ -151,12 +154,19 @@ class Batcher:
                 continue
             self._busy = True
             try:
-                for chunk in self._split(self._take()):
+                batch = self._take()
+                if not batch:  # every queued input had been cancelled
+                    continue
+                for chunk in self._split(batch):
                     await self._run(loop, chunk)
             finally:
                 self._busy = False
 
     async def _run(self, loop: asyncio.AbstractEventLoop, chunk: list[Item]) -> None:
+        # Inputs cancelled while an earlier chunk of their batch ran are dropped too.
+        chunk = [item for item in chunk if not item.future.done()]
+        if not chunk:
+            return
         start = time.perf_counter()
         for item in chunk:
             item.queue_time = start - item.enqueued

@@ -31,6 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs,
         num_threads=args.num_threads,
         log_level=args.log_level,
+        timeout_body=args.timeout_body,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        timeout_keep_alive=args.timeout_keep_alive,
+        max_connections=args.max_connections,
     )
     return serve(settings)
 
@@ -75,6 +79,37 @@ def register(subparsers) -> None:
         type=int,
         default=d.payload_limit,
         help="request body bytes; larger bodies are answered 413",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help=f"open connections at once, busy or idle; more are answered 503 (default: "
+        f"{d.max_connections})",
+    )
+    p.add_argument(
+        "--timeout-body",
+        type=float,
+        default=d.timeout_body,
+        metavar="SECONDS",
+        help="time from a request's headers to the end of its body; slower uploads are "
+        f"answered 408 (default: {d.timeout_body:g})",
+    )
+    p.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=d.timeout_graceful_shutdown,
+        metavar="SECONDS",
+        help="on SIGTERM / SIGINT, time given to requests in progress before they are "
+        f"cancelled (default: {d.timeout_graceful_shutdown:g})",
+    )
+    p.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=d.timeout_keep_alive,
+        metavar="SECONDS",
+        help=f"an idle keep-alive connection is closed after this (default: "
+        f"{d.timeout_keep_alive:g}, uvicorn's)",
     )
     p.add_argument(
         "--auto-truncate",

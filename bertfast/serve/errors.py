@@ -9,6 +9,10 @@ OVERLOADED = "Overloaded"
 VALIDATION = "Validation"
 TOKENIZER = "Tokenizer"
 EMPTY = "Empty"
+# Ours: a client that went away before its answer (499, as nginx logs it), and a body that did
+# not arrive in time (408).
+DROPPED = "Dropped"
+TIMEOUT = "Timeout"
 
 
 class ServeError(Exception):

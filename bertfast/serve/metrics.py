@@ -77,6 +77,11 @@ class Metrics:
         self.in_flight = Gauge(
             "te_requests_in_flight", "Inference requests being handled", registry=r
         )
+        self.reading = Gauge(
+            "bertfast_requests_reading",
+            "Requests whose body is still arriving (they hold no inference slot)",
+            registry=r,
+        )
 
     def observe_batch(self, size: int, tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)

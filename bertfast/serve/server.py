@@ -69,6 +69,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def build_server(app, settings: ServeSettings, on_ready=None, on_signal=None) -> GracefulServer:
+    """The uvicorn server for ``app`` with the settings' timeouts and connection bound."""
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        # Requests in progress get this long after a signal; then they are cancelled.
+        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_concurrency=settings.max_connections,
+    )
+    return GracefulServer(config, on_ready=on_ready, on_signal=on_signal)
+
+
 def serve(settings: ServeSettings) -> int:
     """Load the model, serve until a signal, return 0 once every accepted request is answered."""
     import torch
@@ -109,18 +124,10 @@ def serve(settings: ServeSettings) -> int:
             flush=True,
         )
 
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=None,  # wait for every accepted request
-    )
-
     def draining() -> None:  # /health answers 503 from the signal on
         app.router.stopping = True
 
-    server = GracefulServer(config, on_ready=announce, on_signal=draining)
+    server = build_server(app, settings, on_ready=announce, on_signal=draining)
     server.run(sockets=[sock])  # on uvicorn's choice of event loop (uvloop when installed)
     if not server.started:
         print("bertfast serve: the server did not start", file=sys.stderr)

@@ -10,7 +10,8 @@ from bertfast.weights import DEFAULT_MODEL
 @dataclass
 class ServeSettings:
     """Defaults are TEI's (512 concurrent requests, 32 inputs a request, 2,000,000-byte bodies,
-    16384 tokens a batch)."""
+    16384 tokens a batch); the timeouts and the connection bound are ours (TEI has none; uvicorn
+    waits forever on shutdown by default)."""
 
     model: str = DEFAULT_MODEL
     model_id: str | None = None  # the name /info and /v1/embeddings report
@@ -29,6 +30,16 @@ class ServeSettings:
     cuda_graphs: str = "auto"  # auto (on for CUDA devices), on, off
     num_threads: int | None = None  # torch's intra-op threads (None: torch's default)
     log_level: str = "warning"
+    # Seconds from a request's headers to the last byte of its body; a slower upload is
+    # answered 408, so a trickling client holds neither a connection nor shutdown for long.
+    timeout_body: float = 30.0
+    # Seconds SIGTERM waits for requests in progress before cancelling them: under the 30 s
+    # after which Kubernetes (by default) kills a pod, so the server still exits by itself.
+    timeout_graceful_shutdown: float = 20.0
+    timeout_keep_alive: float = 5.0  # an idle keep-alive connection closes after it (uvicorn's)
+    # Open connections at once (uvicorn's limit_concurrency; more are answered 503), apart from
+    # max_concurrent_requests, which bounds requests whose body has arrived.
+    max_connections: int = 1000
 
     def check(self) -> None:
         """Raise ValueError naming any limit that is out of range."""
@@ -38,6 +49,7 @@ class ServeSettings:
             "max_client_batch_size": self.max_client_batch_size,
             "payload_limit": self.payload_limit,
             "tokenization_workers": self.tokenization_workers,
+            "max_connections": self.max_connections,
         }
         if self.max_batch_requests is not None:
             positive["max_batch_requests"] = self.max_batch_requests
@@ -46,6 +58,14 @@ class ServeSettings:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        timeouts = {
+            "timeout_body": self.timeout_body,
+            "timeout_graceful_shutdown": self.timeout_graceful_shutdown,
+            "timeout_keep_alive": self.timeout_keep_alive,
+        }
+        for name, value in timeouts.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if self.cuda_graphs not in ("auto", "on", "off"):

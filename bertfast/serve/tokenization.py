@@ -108,17 +108,39 @@ class Tokenization:
         new_types = [0] * (len(first) + 2) + [1] * (len(second) + 1)
         return Encoded(new_ids, new_types, chars)
 
-    def tokens(self, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:
+    def tokens(
+        self,
+        texts: list[str],
+        add_special_tokens: bool,
+        truncate: bool = False,
+        direction: str = "right",
+    ) -> list[list[dict]]:
         """TEI's /tokenize answer: id, text, special, and character offsets (null for
-        special tokens)."""
+        special tokens). The limit is /embed's: at most ``max_input_length`` tokens with the
+        special tokens, two fewer without them (what a model input can hold besides them);
+        longer inputs are cut from ``direction`` with ``truncate``, else refused (413)."""
         special = set(self.tokenizer.all_special_ids)
-        encodings = self.tokenizer.encode_with_offsets(texts, add_special_tokens=add_special_tokens)
+        try:
+            encodings = self.tokenizer.encode_with_offsets(
+                texts, add_special_tokens=add_special_tokens
+            )
+        except Exception as exc:
+            raise errors.ServeError(422, errors.TOKENIZER, f"tokenization failed: {exc}") from exc
+        limit = self.max_input_length - (0 if add_special_tokens else 2)
         out = []
-        for text, enc in zip(texts, encodings):
+        for index, (text, enc) in enumerate(zip(texts, encodings)):
+            rows = list(zip(enc.ids, enc.tokens, enc.offsets, enc.word_ids))
+            if len(rows) > limit:
+                if not truncate:
+                    raise self._too_long(index, len(rows) + (0 if add_special_tokens else 2))
+                if add_special_tokens:  # keep [CLS] and [SEP], cut the body from one end
+                    body, room = rows[1:-1], limit - 2
+                    keep = body[:room] if direction == "right" else body[len(body) - room :]
+                    rows = [rows[0], *keep, rows[-1]]
+                else:
+                    rows = rows[:limit] if direction == "right" else rows[len(rows) - limit :]
             row = []
-            for token_id, token, (start, stop), word in zip(
-                enc.ids, enc.tokens, enc.offsets, enc.word_ids
-            ):
+            for token_id, token, (start, stop), word in rows:
                 is_special = token_id in special and word is None
                 row.append(
                     {
