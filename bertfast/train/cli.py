@@ -357,7 +357,7 @@ def register(subparsers) -> None:
         "data-parallel under torchrun.",
     )
     p.add_argument("--task", required=True, choices=TASKS, help="what to fine-tune for")
-    p.add_argument("--model", required=True, help="local Hugging Face model directory")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or bundled name")
     p.add_argument("--train", required=True, help="training data file")
     p.add_argument(
         "--validation", default=None, help="data scored after each epoch (default: none)"
