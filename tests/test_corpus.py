@@ -218,18 +218,24 @@ def test_resume_redoes_only_unfinished_shards(tiny_dir, tiny_encoder, corpus, tm
     embed(tiny_encoder, [path], tmp_path / "whole", **kw)
     out = tmp_path / "cut"
     embed(tiny_encoder, [path], out, **kw)
-    # What a kill while writing shard 2 leaves: its vectors half written to a temporary file,
-    # no record; and no manifest.
+    # What a kill while writing shard 2 leaves: its vectors half written to a temporary file
+    # named for the run, which still names itself in the lock file; no record, no manifest.
     for p in out.glob("shard-00002*"):
         p.unlink()
-    (out / ".shard-00002.npy.999.tmp").write_bytes(b"partial")
+    (out / ".bertfast-embed.lock").write_text(json.dumps({"pid": 1, "run": "deadbeef0001"}))
+    (out / ".shard-00002.npy.deadbeef0001.tmp").write_bytes(b"partial")
+    # Temporaries of someone else (another program, another run) are not this run's to delete.
+    others = [out / ".notes.txt.tmp", out / ".shard-00002.npy.feedface0002.tmp"]
+    for other in others:
+        other.write_bytes(b"not ours")
     (out / "manifest.json").unlink()
     (out / "shard-00004.npy").write_bytes(b"damaged")  # a checksum that no longer matches
     capsys.readouterr()
     embed(tiny_encoder, [path], out, **kw)
     assert "2 shard(s) written, 3 already finished" in capsys.readouterr().err
     assert _shard_bytes(out) == _shard_bytes(tmp_path / "whole")
-    assert not list(out.glob(".*.tmp"))
+    assert sorted(out.glob(".*.tmp")) == sorted(others)
+    assert not (out / ".bertfast-embed.lock").exists()  # released at the end
     whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     assert json.loads((out / "manifest.json").read_text()) == whole
 
@@ -281,6 +287,80 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir, tiny_encoder,
     assert ids_a == ids_b and len(ids_a) == len(texts)
     # Shards done before the kill used other batches: equal to rounding, not bit for bit.
     assert_close(torch.from_numpy(a), torch.from_numpy(b), atol=2e-5, what="resumed")
+
+
+def test_a_live_run_holds_the_output_directory(tiny_dir, tiny_encoder, tmp_path):
+    from bertfast.corpus.writer import OutputLock
+
+    path = write_text(tmp_path / "in.txt", ["one", "two"])
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = OutputLock(out, "otherrun0001")
+    assert holder.acquire() is None
+    try:
+        with pytest.raises(
+            ValueError, match=rf"is in use by another bertfast embed \(pid {os.getpid()} "
+        ):
+            embed(tiny_encoder, [path], out, model=tiny_dir)
+    finally:
+        holder.release()
+    assert embed(tiny_encoder, [path], out, model=tiny_dir)["count"] == 2
+
+
+def test_an_interrupted_run_keeps_its_work_and_resumes_byte_for_byte(
+    tiny_dir, corpus, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C in the middle of the only shard: the texts done so far are saved (here after every
+    batch, --save-every being tiny), and the rerun embeds only the rest; the files equal an
+    uninterrupted run's."""
+    from bertfast.cli import main
+    from bertfast.corpus.embed import CorpusEmbedder
+
+    path, texts = corpus
+    args = ["embed", "--input", str(path), "--model", str(tiny_dir), "--device", "cpu"]
+    args += ["--backend", "torch", "--shard-size", "1000", "--batch-tokens", "400"]
+    assert main([*args, "--output", str(tmp_path / "whole")]) == 0
+    forward, calls = CorpusEmbedder._forward, []
+
+    def interrupted(self, batch):
+        calls.append(len(batch.positions))
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, batch)
+
+    monkeypatch.setattr(CorpusEmbedder, "_forward", interrupted)
+    out = tmp_path / "cut"
+    capsys.readouterr()
+    assert main([*args, "--output", str(out), "--save-every", "1e-9"]) == 130
+    err = capsys.readouterr().err
+    kept = sum(calls[:3])  # batch 3 was computed, batch 4 was not
+    assert 0 < kept < len(texts)
+    assert (
+        f"interrupted: 0 finished shard(s) and {kept} text(s) of shard-00000 kept in {out}; run "
+        "the same command again to resume" in err
+    ), err
+    assert len(list(out.glob("shard-00000.part-*.npz"))) == 3 and not list(out.glob("*.npy"))
+    resumed = []
+
+    def counted(self, batch):
+        resumed.append(len(batch.positions))
+        return forward(self, batch)
+
+    monkeypatch.setattr(CorpusEmbedder, "_forward", counted)
+    assert main([*args, "--output", str(out)]) == 0
+    assert sum(resumed) + kept == len(texts)  # the saved batches are not embedded again
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "whole")
+    assert not list(out.glob("*.part-*"))
+
+
+def test_a_rewritten_input_is_refused_even_with_its_size_and_time(tiny_dir, tiny_encoder, tmp_path):
+    path = write_text(tmp_path / "in.txt", ["one", "two"])
+    embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir)
+    stat = path.stat()
+    write_text(path, ["owl", "two"])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ValueError, match=r"other settings \(inputs: was .*'sha256'"):
+        embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir)
 
 
 def test_changed_settings_are_refused(tiny_dir, tiny_encoder, corpus, tmp_path):
@@ -523,6 +603,78 @@ def test_command_errors_name_the_problem(tiny_dir, tmp_path, capsys):
     assert "--batch-tokens must be a positive int, got 0" in err
     err = error("embed", "--input", str(plain), "--output", "o", "--max-length", "9999", *model)
     assert "--max-length 9999 exceeds the model's 512 positions" in err
+
+
+def test_ids_with_unicode_line_separators_load_back(tiny_dir, tiny_encoder, tmp_path):
+    ids = ["a\u2028b", "c\x85d", "e\u2029f"]  # JSON writes these unescaped
+    path = write_jsonl(tmp_path / "in.jsonl", ["one", "two", "three"], ids)
+    embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, id_field="id")
+    vectors, loaded = load_embeddings(tmp_path / "o")
+    assert loaded == ids and len(vectors) == 3
+
+
+def test_a_very_long_line_is_cut_before_tokenizing(tiny_dir, tiny_encoder, tmp_path, monkeypatch):
+    """Only the first max_length tokens count: the tokenizer never sees the whole 600,000
+    characters, and the vector is the one of the whole text truncated."""
+    from bertfast.tokenizer import BertTokenizer
+
+    texts = ["short one", "corpus  shard\tvector " * 30_000]
+    path = write_text(tmp_path / "in.txt", texts)
+    with monkeypatch.context() as m:
+        m.setattr(tiny_encoder, "max_seq_length", 128)
+        expected = tiny_encoder.encode(texts, convert_to_numpy=True)  # tokenizes all of it
+    seen, call = [], BertTokenizer.__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(BertTokenizer, "__call__", spy)
+    embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, max_length=128)
+    monkeypatch.undo()
+    assert max(seen) < 16 * 128 * 4  # the cut is looked for in 2,048, then 8,192 characters
+    vectors, _ = load_embeddings(tmp_path / "o")
+    assert_close(torch.from_numpy(vectors), torch.from_numpy(expected), atol=2e-5, what="cut")
+
+
+def test_outputs_and_models_that_cannot_be_used_are_one_line(tiny_dir, tmp_path, capsys):
+    from bertfast.cli import main
+
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    plain = write_text(tmp_path / "p.txt", ["x"])
+    corpus = ["embed", "--input", str(plain), "--model", str(tiny_dir), "--device", "cpu"]
+    err = error(*corpus, "--output", str(plain))
+    assert f"--output {str(plain)!r} is a file; give a directory" in err
+    err = error(*corpus, "--output", str(plain / "sub"))
+    assert f"cannot be created: {str(plain)!r} is a file" in err
+    if os.path.isdir("/sys"):  # sysfs refuses a new directory even to root
+        read_only = "/sys/bertfast-out"
+    else:  # elsewhere, a directory without write permission
+        (tmp_path / "ro").mkdir(mode=0o555)
+        read_only = str(tmp_path / "ro" / "out")
+    err = error(*corpus, "--output", read_only)
+    assert f"--output {read_only!r} cannot be created" in err or "is not writable" in err
+    jsonl = write_jsonl(tmp_path / "some_file.jsonl", ["x"])
+    message = f"model {str(jsonl)!r} is a file, not a model directory"
+    assert message in error("embed", "hello", "--model", str(jsonl), "--device", "cpu")
+    assert message in error(*corpus[:3], "--output", str(tmp_path / "o"), "--model", str(jsonl))
+    serve = ["serve", "--model", str(jsonl), "--port", "0", "--device", "cpu"]
+    assert message in error(*serve)
+
+
+def test_text_arguments_that_are_not_utf8_are_named(tiny_dir, capsys):
+    from bertfast.cli import main
+
+    # How Python hands over the argument bytes b"caf\xe9": as a lone surrogate.
+    assert main(["embed", "ok", "caf\udce9", "--model", str(tiny_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "text argument 2 is not valid UTF-8 (byte 0xe9 at character 4)" in err, err
 
 
 def test_parquet_needs_pyarrow_or_writes_it(tiny_dir, tiny_encoder, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bertfast.corpus.embed import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE
+from bertfast.corpus.embed import DEFAULT_BATCH_TOKENS, DEFAULT_SAVE_EVERY, DEFAULT_SHARD_SIZE
 from bertfast.corpus.readers import FORMATS
 from bertfast.corpus.writer import OUTPUT_DTYPES
 
@@ -20,6 +20,7 @@ CORPUS_DEFAULTS = {
     "output_dtype": "float32",
     "skip_bad_lines": False,
     "shard_size": DEFAULT_SHARD_SIZE,
+    "save_every": DEFAULT_SAVE_EVERY,
     "parquet": False,
 }
 
@@ -97,6 +98,15 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         help="texts per output shard: the unit of resuming and of the split across torchrun ranks",
     )
     group.add_argument(
+        "--save-every",
+        type=float,
+        default=DEFAULT_SAVE_EVERY,
+        metavar="SECONDS",
+        help="save the finished texts of the shard under way this often, so that a kill or "
+        f"Ctrl-C loses at most that much work; a rerun takes them up (default: "
+        f"{DEFAULT_SAVE_EVERY:g})",
+    )
+    group.add_argument(
         "--parquet",
         action="store_true",
         help="also write each shard as Parquet (id, embedding); needs pyarrow",
@@ -130,6 +140,7 @@ def run_corpus(args: argparse.Namespace) -> int:
         backend=args.backend,
         skip_bad_lines=args.skip_bad_lines,
         shard_size=args.shard_size,
+        save_every=args.save_every,
         parquet=args.parquet,
     )
     embed_corpus(options)
@@ -137,7 +148,19 @@ def run_corpus(args: argparse.Namespace) -> int:
 
 
 def check_sentence_mode(args: argparse.Namespace) -> None:
-    """Refuse corpus options given without --input: they would be silently ignored."""
+    """Refuse corpus options given without --input: they would be silently ignored; and
+    texts on the command line that are not UTF-8 (Python keeps their bytes as lone
+    surrogates, which the tokenizer cannot take)."""
+    for number, text in enumerate(args.texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(text[exc.start])
+            what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            raise ValueError(
+                f"text argument {number} is not valid UTF-8 ({what} at character "
+                f"{exc.start + 1}); give UTF-8 text"
+            ) from None
     given = [name for name, default in CORPUS_DEFAULTS.items() if getattr(args, name) != default]
     if given:
         flags = ", ".join(

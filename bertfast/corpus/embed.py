@@ -7,6 +7,11 @@ and the result equals a single process's, vector for vector. A background thread
 tokenizes (the ``tokenizers`` batch API, which runs outside the GIL) and pads the next
 batches while the model runs; on CUDA each batch's copy to the host waits until the next
 batch is queued.
+
+Work is kept as it is done: the finished texts of the shard under way are saved every
+``save_every`` seconds (and on Ctrl-C), and a rerun takes them up, replanning the shard's
+batches as before and embedding only the batches not saved, so the shard's files come out
+byte for byte as an uninterrupted run writes them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import pre_tokenizers
 
 from bertfast.corpus.readers import (
     BadLines,
@@ -36,11 +43,16 @@ from bertfast.corpus.readers import (
 from bertfast.corpus.writer import (
     OUTPUT_DTYPES,
     RUN_SETTINGS,
+    OutputLock,
     check_run_settings,
     finished_shard,
+    read_parts,
+    remove_parts,
+    remove_temporaries,
     shard_stem,
     write_json_atomic,
     write_manifest,
+    write_part,
     write_shard,
 )
 from bertfast.model_dirs import DEFAULT_MODEL, resolve_model_dir
@@ -51,6 +63,12 @@ from bertfast.sentence import Normalize, SentenceEncoder
 SORT_WINDOW = 8192
 DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_SHARD_SIZE = 50_000
+# Seconds between saves of the finished texts of the shard under way: what an interruption
+# (a kill, a lost machine) can cost at most.
+DEFAULT_SAVE_EVERY = 60.0
+# A text longer than this many characters a token is cut before tokenizing, where the cut
+# provably keeps every token that truncation keeps (see _cut_long_texts).
+CUT_CHARS_PER_TOKEN = 16
 # Where the model pads (the torch backend computes the whole batch x longest grid), a batch
 # holds no text shorter than this fraction below its longest; the padding-free kernel path
 # is not charged for padding, so there batches fill the token budget.
@@ -81,6 +99,7 @@ class EmbedOptions:
     backend: str = "auto"
     skip_bad_lines: bool = False
     shard_size: int = DEFAULT_SHARD_SIZE
+    save_every: float = DEFAULT_SAVE_EVERY
     parquet: bool = False
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +115,15 @@ class EmbedOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be a positive int, got {value!r}")
+        if (
+            isinstance(self.save_every, bool)
+            or not isinstance(self.save_every, (int, float))
+            or not self.save_every > 0
+        ):
+            raise ValueError(
+                f"--save-every must be a positive number of seconds, got {self.save_every!r}"
+            )
+        check_output_dir(self.output)
         if self.max_length is not None and (
             isinstance(self.max_length, bool)
             or not isinstance(self.max_length, int)
@@ -119,6 +147,21 @@ class EmbedOptions:
                 import pyarrow  # noqa: F401
             except ImportError as exc:
                 raise ImportError("--parquet needs pyarrow: pip install pyarrow") from exc
+
+
+def check_output_dir(output: str | os.PathLike) -> None:
+    """Refuse an --output that is a file or lies under one, before any model is loaded."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"--output {str(output)!r} is a file; give a directory (a new one, or an earlier "
+            "run's to resume it)"
+        )
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise ValueError(f"--output {str(output)!r} cannot be created: {str(above)!r} is a file")
 
 
 @dataclass
@@ -154,6 +197,16 @@ class Distributed:
 
             dist.barrier()
 
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value``, on every rank."""
+        if self.world <= 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist
@@ -174,6 +227,9 @@ class _Batch:
 class _ShardStart:
     shard: int
     count: int
+    vectors: np.ndarray  # what saved parts hold (rows not yet done are zeros)
+    done: np.ndarray  # rows the saved parts hold
+    next_part: int
 
 
 @dataclass
@@ -230,17 +286,21 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _count_lines(paths: Sequence[str]) -> int:
-    """Lines in ``paths``: the progress estimate of how many texts there are."""
-    total = 0
+def scan_inputs(paths: Sequence[str]) -> tuple[int, list[str]]:
+    """One pass over ``paths``: their lines (the progress estimate of how many texts there
+    are) and each file's SHA-256 (a resumed run must read the very same texts)."""
+    total, digests = 0, []
     for path in paths:
+        digest = hashlib.sha256()
         with open(path, "rb") as f:
             last = b"\n"
             for block in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
+                digest.update(block)
                 total += block.count(b"\n")
                 last = block[-1:]
             total += last != b"\n"
-    return total
+        digests.append(digest.hexdigest())
+    return total, digests
 
 
 class Progress:
@@ -301,6 +361,15 @@ class CorpusEmbedder:
     def __init__(self, options: EmbedOptions, encoder: SentenceEncoder | None = None):
         options.check()
         self.options = options
+        self.out_dir = Path(options.output)
+        try:  # before the model loads: a location that cannot be written fails at once
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"--output {options.output!r} cannot be created: {exc.strerror}"
+            ) from None
+        if not os.access(self.out_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"--output {options.output!r} is not writable")
         self.dist = Distributed.from_env()
         device = options.device
         if self.dist.world > 1 and device in (None, "cuda") and torch.cuda.is_available():
@@ -326,9 +395,11 @@ class CorpusEmbedder:
         self.prompt = self.encoder.prompts[name] if name is not None else None
         # Pooling may leave the prompt out: its length, as SentenceEncoder.encode counts it.
         self.prompt_length = self.encoder.prompt_length(self.prompt) if self.prompt else None
-        self.out_dir = Path(options.output)
         self.pin = self.encoder.device.type == "cuda"
         self.max_padding = MAX_PADDING if self.encoder.model.backend == "torch" else 1.0
+        self.run_id = ""  # names this run's temporary files; rank 0's, shared
+        self._scan: tuple[int, list[str]] | None = None
+        self._dim = 0
 
     # ------------------------------------------------------------------ settings
 
@@ -338,11 +409,12 @@ class CorpusEmbedder:
         GPU is allowed)."""
         opts = self.options
         model_dir = resolve_model_dir(opts.model)
+        if self._scan is None:
+            self._scan = scan_inputs(opts.inputs)
         inputs = []
-        for path in opts.inputs:
-            stat = os.stat(path)
+        for path, digest in zip(opts.inputs, self._scan[1], strict=True):
             resolved = str(Path(path).resolve())
-            inputs.append({"path": resolved, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+            inputs.append({"path": resolved, "size": os.stat(path).st_size, "sha256": digest})
         model = self.encoder.model
         return {
             "model": str(model_dir.resolve()),
@@ -387,18 +459,21 @@ class CorpusEmbedder:
         if chunk:
             yield index, chunk
 
-    def _batches(self, shard: int, texts: list[str]) -> Iterator[_Batch]:
-        """Token-budget batches of one shard, longest first within each sorted window."""
+    def _batches(self, shard: int, texts: list[str], done: np.ndarray) -> Iterator[_Batch]:
+        """Token-budget batches of one shard, longest first within each sorted window; a batch
+        whose rows are all ``done`` (saved by an earlier run) is planned but not embedded."""
         tokenizer = self.encoder.tokenizer
         pad_id = tokenizer.pad_token_id or 0
         if self.prompt:
             texts = [self.prompt + t for t in texts]
         for start in range(0, len(texts), SORT_WINDOW):
-            window = texts[start : start + SORT_WINDOW]
+            window = self._cut_long_texts(texts[start : start + SORT_WINDOW])
             ids = tokenizer(window, truncation="longest_first", max_length=self.max_length)
             ids = ids["input_ids"]
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
             for picked in plan_batches(lengths, self.options.batch_tokens, self.max_padding):
+                if done[picked + start].all():
+                    continue
                 longest = int(lengths[picked[0]])
                 input_ids = np.full((len(picked), longest), pad_id, dtype=np.int64)
                 mask = np.zeros((len(picked), longest), dtype=np.int64)
@@ -411,6 +486,35 @@ class CorpusEmbedder:
                     input_ids_t, mask_t = input_ids_t.pin_memory(), mask_t.pin_memory()
                 yield _Batch(shard, picked + start, input_ids_t, mask_t, int(lengths[picked].sum()))
 
+    def _cut_long_texts(self, texts: list[str]) -> list[str]:
+        """``texts`` with each very long one cut where the cut cannot change its tokens after
+        truncation (a 10 MB line would otherwise be tokenized whole, taking gigabytes).
+
+        BERT's pre-tokenizer splits at white space and its normaliser works a character at a
+        time, so the tokens of a prefix ending before a white-space character are the first
+        tokens of the whole text; once they number ``max_length``, truncation keeps only
+        them. Other tokenizers are left alone."""
+        limit = CUT_CHARS_PER_TOKEN * self.max_length
+        if all(len(t) <= limit for t in texts):
+            return texts
+        backend = getattr(self.encoder.tokenizer, "_tokenizer", None)
+        if not isinstance(getattr(backend, "pre_tokenizer", None), pre_tokenizers.BertPreTokenizer):
+            return texts
+        return [self._cut(t, limit) if len(t) > limit else t for t in texts]
+
+    def _cut(self, text: str, limit: int) -> str:
+        tokenizer = self.encoder.tokenizer
+        end = limit
+        while end < len(text):
+            space = max(text.rfind(c, 0, end) for c in " \t\n\r")
+            if space > 0:
+                prefix = text[:space]
+                ids = tokenizer([prefix], add_special_tokens=False)["input_ids"][0]
+                if len(ids) >= self.max_length:
+                    return prefix
+            end *= 4  # mostly white space or one long word so far: look further
+        return text
+
     def _produce(self, out: queue.Queue, stop: threading.Event, bad: BadLines | None) -> None:
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -421,6 +525,7 @@ class CorpusEmbedder:
                     continue
             return False
 
+        dim, dtype = self._dim, np.dtype(self.options.output_dtype)
         try:
             counts: list[int] = []
             for index, records in self._shards(bad):
@@ -428,13 +533,15 @@ class CorpusEmbedder:
                 if index % self.dist.world != self.dist.rank:
                     continue
                 if finished_shard(self.out_dir, index, len(records)) is not None:
+                    remove_parts(self.out_dir, index)  # a kill may have come before the cleanup
                     if not put(_ShardDone(index, len(records))):
                         return
                     continue
-                if not put(_ShardStart(index, len(records))):
+                vectors, done, next_part = read_parts(self.out_dir, index, len(records), dim, dtype)
+                if not put(_ShardStart(index, len(records), vectors, done, next_part)):
                     return
                 tokens = 0
-                for batch in self._batches(index, [r.text for r in records]):
+                for batch in self._batches(index, [r.text for r in records], done):
                     tokens += batch.tokens
                     if not put(batch):
                         return
@@ -467,38 +574,75 @@ class CorpusEmbedder:
             self.dist.close()
 
     def _run(self) -> dict[str, Any] | None:
-        opts, rank, world = self.options, self.dist.rank, self.dist.world
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rank = self.dist.rank
         settings = self.settings()
         check_run_settings(self.out_dir, settings)  # every rank refuses alike, before waiting
+        lock, outcome, previous = None, "", None
         if rank == 0:
-            for stale in self.out_dir.glob(".*.tmp"):  # left by a killed run
-                stale.unlink(missing_ok=True)
-            write_json_atomic(self.out_dir / RUN_SETTINGS, settings)
-        self.dist.barrier()
+            run_id = uuid.uuid4().hex[:12]
+            lock = OutputLock(self.out_dir, run_id)
+            try:
+                previous = lock.acquire()
+                outcome = run_id
+            except ValueError as exc:
+                lock, outcome = None, f"error: {exc}"
+        outcome = self.dist.share(outcome)  # every rank stops alike when the lock is held
+        if outcome.startswith("error: "):
+            raise ValueError(outcome.removeprefix("error: "))
+        self.run_id = outcome
+        try:
+            if rank == 0:
+                if previous is not None:  # a killed run's half-written files
+                    remove_temporaries(self.out_dir, previous)
+                write_json_atomic(self.out_dir / RUN_SETTINGS, settings, self.run_id)
+            self.dist.barrier()
+            return self._embed(settings)
+        finally:
+            if lock is not None:
+                lock.release()
 
+    def _embed(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        opts, rank, world = self.options, self.dist.rank, self.dist.world
         tty = sys.stderr.isatty() if opts.progress is None else opts.progress
         prefix = "bertfast embed" + (f" [rank {rank}/{world}]" if world > 1 else "")
-        progress = Progress(_count_lines(opts.inputs) // world, tty and rank == 0, prefix)
+        assert self._scan is not None
+        progress = Progress(self._scan[0] // world, tty and rank == 0, prefix)
         bad = BadLines() if opts.skip_bad_lines else None
         items: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         stop = threading.Event()
+        dim = self._dim = self.dimension()
         worker = threading.Thread(
             target=self._produce, args=(items, stop, bad), name="bertfast-tokenize", daemon=True
         )
         worker.start()
-        dim = self.dimension()
-        np_dtype = np.dtype(opts.output_dtype)
+        shard: _ShardStart | None = None  # the shard under way
         shard_out: np.ndarray | None = None
-        filled: np.ndarray | None = None  # rows of the shard written so far
+        filled: np.ndarray | None = None  # rows of the shard done so far
+        unsaved: list[np.ndarray] = []  # rows done since the last saved part
+        last_save = time.monotonic()
         pending: tuple[torch.Tensor, _Batch] | None = None  # on CUDA: copied after the next launch
-        written = resumed = 0
+        written = resumed = finished_texts = 0
+
+        def save_part() -> None:
+            nonlocal unsaved, last_save
+            assert shard is not None and shard_out is not None
+            if unsaved:
+                rows = np.concatenate(unsaved)
+                write_part(
+                    self.out_dir, shard.shard, shard.next_part, rows, shard_out[rows], self.run_id
+                )
+                shard.next_part += 1
+                unsaved = []
+            last_save = time.monotonic()
 
         def land(vectors: torch.Tensor, batch: _Batch) -> None:
             assert shard_out is not None and filled is not None
             shard_out[batch.positions] = vectors.cpu().numpy()
             filled[batch.positions] = True
+            unsaved.append(batch.positions)
             progress.advance(len(batch.positions), batch.tokens)
+            if time.monotonic() - last_save >= opts.save_every:
+                save_part()
 
         try:
             while True:
@@ -511,8 +655,9 @@ class CorpusEmbedder:
                         land(*pending)
                     pending = (vectors, item)
                 elif isinstance(item, _ShardStart):
-                    shard_out = np.empty((item.count, dim), dtype=np_dtype)
-                    filled = np.zeros(item.count, dtype=bool)
+                    shard, shard_out, filled = item, item.vectors, item.done
+                    unsaved, last_save = [], time.monotonic()
+                    progress.advance(int(filled.sum()), 0, embedded=False)
                 elif isinstance(item, _ShardEnd):
                     if pending is not None:
                         land(*pending)
@@ -524,17 +669,35 @@ class CorpusEmbedder:
                             f"warning: {shard_stem(item.shard)} has {non_finite} vector(s) with "
                             "NaN or infinity (try --dtype fp32)"
                         )
-                    write_shard(self.out_dir, item.shard, shard_out, item.ids, opts.parquet)
+                    write_shard(
+                        self.out_dir, item.shard, shard_out, item.ids, opts.parquet, self.run_id
+                    )
+                    remove_parts(self.out_dir, item.shard)
                     written += 1
+                    finished_texts += len(item.ids)
                     if not tty:
                         progress.log(f"wrote {shard_stem(item.shard)} ({len(item.ids)} texts)")
-                    shard_out = None
+                    shard = shard_out = filled = None
                 elif isinstance(item, _ShardDone):
                     resumed += 1
+                    finished_texts += item.count
                     progress.advance(item.count, 0, embedded=False)
                 elif isinstance(item, _InputEnd):
                     shard_counts = item.shard_counts
                     break
+        except KeyboardInterrupt:
+            stop.set()
+            kept = f"{written + resumed} finished shard(s)"
+            if shard is not None and filled is not None:
+                if pending is not None:
+                    land(*pending)
+                save_part()
+                kept += f" and {int(filled.sum())} text(s) of {shard_stem(shard.shard)}"
+            progress.log(
+                f"interrupted: {kept} kept in {self.out_dir}; run the same command again to "
+                "resume from there"
+            )
+            raise
         finally:
             stop.set()
             worker.join(timeout=5)
@@ -574,7 +737,7 @@ class CorpusEmbedder:
             "world_size": world,
             **opts.extra,
         }
-        manifest = write_manifest(self.out_dir, settings, shards, skipped, extra)
+        manifest = write_manifest(self.out_dir, settings, shards, skipped, extra, self.run_id)
         progress.log(f"{manifest['count']} vectors of dimension {dim} in {self.out_dir}")
         return manifest
 
