@@ -509,7 +509,12 @@ class CorpusEmbedder:
             space = max(text.rfind(c, 0, end) for c in " \t\n\r")
             if space > 0:
                 prefix = text[:space]
-                ids = tokenizer([prefix], add_special_tokens=False)["input_ids"][0]
+                ids = tokenizer(
+                    [prefix],
+                    add_special_tokens=False,
+                    truncation="longest_first",
+                    max_length=self.max_length,
+                )["input_ids"][0]
                 if len(ids) >= self.max_length:
                     return prefix
             end *= 4  # mostly white space or one long word so far: look further
