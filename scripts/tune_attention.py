@@ -37,7 +37,7 @@ def tune_case(head_dim: int, batch: int, seq: int, dtype: torch.dtype) -> dict:
     flops = 4 * batch * heads * seq * seq * head_dim
     expected = attention_reference(qkv.float(), heads, cu_seqlens=cu, max_seqlen=seq)
     case = {"head_dim": head_dim, "batch": batch, "seq": seq, "configs": []}
-    default = triton_attention._block_sizes(head_dim, seq)
+    default = triton_attention.block_sizes(head_dim, seq, torch.cuda.get_device_capability())
     for config in [default, *CONFIGS]:
         run = functools.partial(triton_attention.launch, qkv, heads, None, cu, seq, config)
         try:
@@ -81,7 +81,9 @@ def main() -> None:
             entries.append(
                 {"head_dim": case["head_dim"], "seq": case["seq"], "config": list(best["config"])}
             )
-    table = {"device": results["device"], "dtype": args.dtype, "entries": entries}
+    capability = list(torch.cuda.get_device_capability())
+    table = {"device": results["device"], "capability": capability, "dtype": args.dtype}
+    table["entries"] = entries
     for target in (
         triton_attention.TUNED_BLOCKS_PATH,
         os.path.join(os.environ.get("OUT", "."), "attention_blocks.json"),

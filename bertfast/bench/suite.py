@@ -17,6 +17,7 @@ import torch
 
 import bertfast
 from bertfast import ops
+from bertfast.bench import gpu_model
 from bertfast.bench.e2e import run_e2e
 from bertfast.bench.kernels import run_kernel_backwards, run_kernels
 from bertfast.bench.report import plot_results, render_markdown, write_json
@@ -149,10 +150,23 @@ def run_suite(
         skipped=skipped + kernel_skipped + backward_skipped + training_skipped,
         elapsed_s=time.perf_counter() - started,
     )
+    # The model's estimate of the GPU time: every card it knows on a machine without a GPU,
+    # the run's own card (with the measured rows beside it) on one.
+    card = gpu_model.card_for(results["device"]["name"]) if device.type == "cuda" else None
+    if device.type != "cuda" or card is not None:
+        estimates = gpu_model.estimate_table([card] if card else None)
+        results["model_estimates"] = estimates
+        totals = [r for r in estimates if r["what"] == "total"]
+        for row in totals:
+            log(f"model estimate {row['card']} {row['case']}: {row['total_us']:.0f} us forward")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_json(results, out / "results.json")
-    (out / "results.md").write_text(render_markdown(results))
+    markdown = render_markdown(results)
+    if "model_estimates" in results:
+        got = gpu_model.measured(results) if card else None
+        markdown += "\n" + gpu_model.markdown(results["model_estimates"], got)
+    (out / "results.md").write_text(markdown)
     written = [json_path, out / "results.md"]
     try:
         written += plot_results(json_path, out)

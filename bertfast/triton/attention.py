@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bertfast.triton import target
+
 LOG2_E = 1.4426950408889634
 
 
@@ -32,6 +34,38 @@ def _dropout_keep(seed, dropout_p, rng_stride, batch_head, offs_m, offs_n):
     forward's mask without storing it."""
     pair = (batch_head * rng_stride + offs_m[:, None]) * rng_stride + offs_n[None, :]
     return tl.rand(seed, pair) >= dropout_p
+
+
+@triton.jit
+def _sequence_span(cu_seqlens_ptr, batch, seq_len, PACKED: tl.constexpr):
+    """(first row, length) of one sequence: from the offsets when packed, (0, seq_len) padded."""
+    if PACKED:
+        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
+        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
+    else:
+        start = 0
+        length = seq_len
+    return start, length
+
+
+@triton.jit
+def _real_keys(mask_ptr, batch64, stride_mask_batch, offs_kv, length, HAS_MASK: tl.constexpr):
+    """Which key positions are in the sequence and, with a key-padding mask, real tokens."""
+    valid = offs_kv < length
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_kv, mask=valid, other=0)
+        valid = valid & (keep != 0)
+    return valid
+
+
+@triton.jit
+def _load_rows(base, rows, stride, offs_d, in_rows):
+    """A (rows, HEAD_DIM) tile of one head: zeros where ``in_rows`` is false."""
+    return tl.load(
+        base + rows.to(tl.int64)[:, None] * stride + offs_d[None, :],
+        mask=in_rows[:, None],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -69,12 +103,7 @@ def _attention_kernel(
     block_m = tl.program_id(1)
     batch = batch_head // num_heads
     head = batch_head % num_heads
-    if PACKED:
-        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
-        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
-    else:
-        start = 0
-        length = seq_len
+    start, length = _sequence_span(cu_seqlens_ptr, batch, seq_len, PACKED)
     if block_m * BLOCK_M >= length:
         return
 
@@ -83,21 +112,16 @@ def _attention_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     batch64 = batch.to(tl.int64)
     qkv_base = qkv_ptr + batch64 * stride_qkv_batch + start * stride_qkv_token + head * HEAD_DIM
-    q_rows = offs_m.to(tl.int64)[:, None] * stride_qkv_token
-    q = tl.load(qkv_base + q_rows + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
+    q = _load_rows(qkv_base, offs_m, stride_qkv_token, offs_d, offs_m < length)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for block_n in range(0, tl.cdiv(length, BLOCK_N)):
         offs_kv = block_n * BLOCK_N + offs_n
-        valid = offs_kv < length
-        if HAS_MASK:
-            keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_kv, mask=valid, other=0)
-            valid = valid & (keep != 0)
-        kv_rows = offs_kv.to(tl.int64)[:, None] * stride_qkv_token + offs_d[None, :]
-        k = tl.load(qkv_base + hidden + kv_rows, mask=valid[:, None], other=0.0)
-        v = tl.load(qkv_base + 2 * hidden + kv_rows, mask=valid[:, None], other=0.0)
+        valid = _real_keys(mask_ptr, batch64, stride_mask_batch, offs_kv, length, HAS_MASK)
+        k = _load_rows(qkv_base + hidden, offs_kv, stride_qkv_token, offs_d, valid)
+        v = _load_rows(qkv_base + 2 * hidden, offs_kv, stride_qkv_token, offs_d, valid)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -133,12 +157,18 @@ TUNED_BLOCKS_PATH = Path(__file__).with_name("attention_blocks.json")
 _tuned: dict | None = None
 
 
-def tuned_block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, int] | None:
+def tuned_block_sizes(
+    head_dim: int, max_seqlen: int, capability: tuple[int, int] | None = None
+) -> tuple[int, int, int, int] | None:
     """The measured best config for ``head_dim`` at the smallest swept length >= max_seqlen
-    (the longest swept one beyond it), or None."""
+    (the longest swept one beyond it), or None. A table that names the capability it was
+    measured on applies to cards of that major version only."""
     global _tuned
     if _tuned is None:
         _tuned = json.loads(TUNED_BLOCKS_PATH.read_text()) if TUNED_BLOCKS_PATH.is_file() else {}
+    measured_on = _tuned.get("capability")
+    if measured_on is not None and (capability is None or capability[0] != measured_on[0]):
+        return None
     entries = sorted(
         (e["seq"], tuple(e["config"]))
         for e in _tuned.get("entries", [])
@@ -152,15 +182,25 @@ def tuned_block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, in
     return entries[-1][1]
 
 
-def _block_sizes(head_dim: int, max_seqlen: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head dim and the longest sequence."""
-    tuned = tuned_block_sizes(head_dim, max_seqlen)
-    if tuned is not None:
+def block_sizes(
+    head_dim: int,
+    max_seqlen: int,
+    capability: tuple[int, int] | None,
+    training: bool = False,
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward for a head dim, the longest
+    sequence and the card (None: the interpreter); ``training`` is the forward that also
+    stores the log-sum-exp and may drop probabilities (more live values per thread)."""
+    tuned = tuned_block_sizes(head_dim, max_seqlen, capability)
+    if tuned is not None and not training:
         return tuned
-    block_m = 64 if max_seqlen <= 64 else 128
     if head_dim == 128:
-        return block_m, 64, 8, 2
-    return block_m, 64, 4, 3
+        return 64 if max_seqlen <= 64 else 128, 64, 8, 2
+    if training:
+        # Storing the log-sum-exp and drawing the dropout mask keep more values live: 128-row
+        # blocks spilled (sm_80 104 B, sm_90a 32 B per thread; the compile report).
+        return 64, 64, 4, 3
+    return 64 if max_seqlen <= 64 else 128, 64, 4, 3
 
 
 def launch(
@@ -228,9 +268,13 @@ def _launch(
     mask = None
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
-    block_m, block_n, num_warps, num_stages = block_config or _block_sizes(head_dim, longest)
+    block_m, block_n, num_warps, num_stages = block_config or block_sizes(
+        head_dim, longest, target.capability(qkv.device), training=lse is not None
+    )
     grid = (batch * num_heads, triton.cdiv(longest, block_m))
-    _attention_kernel[grid](
+    target.run(
+        _attention_kernel,
+        grid,
         out,
         qkv,
         mask if mask is not None else qkv,
@@ -299,26 +343,17 @@ def _attention_backward_dkdv_kernel(
     block_n = tl.program_id(1)
     batch = batch_head // num_heads
     head = batch_head % num_heads
-    if PACKED:
-        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
-        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
-    else:
-        start = 0
-        length = seq_len
+    start, length = _sequence_span(cu_seqlens_ptr, batch, seq_len, PACKED)
     if block_n * BLOCK_N >= length:
         return
     batch64 = batch.to(tl.int64)
     offs_n = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    valid = offs_n < length
-    if HAS_MASK:
-        keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_n, mask=valid, other=0)
-        valid = valid & (keep != 0)
+    valid = _real_keys(mask_ptr, batch64, stride_mask_batch, offs_n, length, HAS_MASK)
     qkv_base = qkv_ptr + batch64 * stride_qkv_batch + start * stride_qkv_token + head * HEAD_DIM
-    kv_rows = offs_n.to(tl.int64)[:, None] * stride_qkv_token + offs_d[None, :]
     # Padded keys are never loaded: their dk and dv come out 0 (p is 0 in their columns).
-    k = tl.load(qkv_base + hidden + kv_rows, mask=valid[:, None], other=0.0)
-    v = tl.load(qkv_base + 2 * hidden + kv_rows, mask=valid[:, None], other=0.0)
+    k = _load_rows(qkv_base + hidden, offs_n, stride_qkv_token, offs_d, valid)
+    v = _load_rows(qkv_base + 2 * hidden, offs_n, stride_qkv_token, offs_d, valid)
     dout_base = dout_ptr + batch64 * stride_dout_batch + start * stride_dout_token + head * HEAD_DIM
     lse_base = lse_ptr + head * stride_lse_head + batch64 * seq_len + start
     delta_base = delta_ptr + head * stride_lse_head + batch64 * seq_len + start
@@ -327,17 +362,8 @@ def _attention_backward_dkdv_kernel(
     for block_m in range(0, tl.cdiv(length, BLOCK_M)):
         offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
         in_seq = offs_m < length
-        q_rows = offs_m.to(tl.int64)[:, None]
-        q = tl.load(
-            qkv_base + q_rows * stride_qkv_token + offs_d[None, :],
-            mask=in_seq[:, None],
-            other=0.0,
-        )
-        do = tl.load(
-            dout_base + q_rows * stride_dout_token + offs_d[None, :],
-            mask=in_seq[:, None],
-            other=0.0,
-        )
+        q = _load_rows(qkv_base, offs_m, stride_qkv_token, offs_d, in_seq)
+        do = _load_rows(dout_base, offs_m, stride_dout_token, offs_d, in_seq)
         lse = tl.load(lse_base + offs_m, mask=in_seq, other=float("inf"))
         delta = tl.load(delta_base + offs_m, mask=in_seq, other=0.0)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
@@ -403,12 +429,7 @@ def _attention_backward_dq_kernel(
     block_m = tl.program_id(1)
     batch = batch_head // num_heads
     head = batch_head % num_heads
-    if PACKED:
-        start = tl.load(cu_seqlens_ptr + batch).to(tl.int64)
-        length = tl.load(cu_seqlens_ptr + batch + 1) - tl.load(cu_seqlens_ptr + batch)
-    else:
-        start = 0
-        length = seq_len
+    start, length = _sequence_span(cu_seqlens_ptr, batch, seq_len, PACKED)
     if block_m * BLOCK_M >= length:
         return
     batch64 = batch.to(tl.int64)
@@ -417,27 +438,18 @@ def _attention_backward_dq_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     in_seq = offs_m < length
     qkv_base = qkv_ptr + batch64 * stride_qkv_batch + start * stride_qkv_token + head * HEAD_DIM
-    q_rows = offs_m.to(tl.int64)[:, None]
-    q = tl.load(
-        qkv_base + q_rows * stride_qkv_token + offs_d[None, :], mask=in_seq[:, None], other=0.0
-    )
+    q = _load_rows(qkv_base, offs_m, stride_qkv_token, offs_d, in_seq)
     dout_base = dout_ptr + batch64 * stride_dout_batch + start * stride_dout_token + head * HEAD_DIM
-    do = tl.load(
-        dout_base + q_rows * stride_dout_token + offs_d[None, :], mask=in_seq[:, None], other=0.0
-    )
+    do = _load_rows(dout_base, offs_m, stride_dout_token, offs_d, in_seq)
     row_base = head * stride_lse_head + batch64 * seq_len + start + offs_m
     lse = tl.load(lse_ptr + row_base, mask=in_seq, other=float("inf"))
     delta = tl.load(delta_ptr + row_base, mask=in_seq, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for block_n in range(0, tl.cdiv(length, BLOCK_N)):
         offs_kv = block_n * BLOCK_N + offs_n
-        valid = offs_kv < length
-        if HAS_MASK:
-            keep = tl.load(mask_ptr + batch64 * stride_mask_batch + offs_kv, mask=valid, other=0)
-            valid = valid & (keep != 0)
-        kv_rows = offs_kv.to(tl.int64)[:, None] * stride_qkv_token + offs_d[None, :]
-        k = tl.load(qkv_base + hidden + kv_rows, mask=valid[:, None], other=0.0)
-        v = tl.load(qkv_base + 2 * hidden + kv_rows, mask=valid[:, None], other=0.0)
+        valid = _real_keys(mask_ptr, batch64, stride_mask_batch, offs_kv, length, HAS_MASK)
+        k = _load_rows(qkv_base + hidden, offs_kv, stride_qkv_token, offs_d, valid)
+        v = _load_rows(qkv_base + 2 * hidden, offs_kv, stride_qkv_token, offs_d, valid)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.exp2(scores - lse[:, None])
         p = tl.where(valid[None, :], p, 0.0)
@@ -450,18 +462,24 @@ def _attention_backward_dq_kernel(
     dq *= sm_scale
     dqkv_base = dqkv_ptr + batch64 * stride_dqkv_batch + start * stride_dqkv_token + head * HEAD_DIM
     tl.store(
-        dqkv_base + q_rows * stride_dqkv_token + offs_d[None, :],
+        dqkv_base + offs_m.to(tl.int64)[:, None] * stride_dqkv_token + offs_d[None, :],
         dq.to(dqkv_ptr.dtype.element_ty),
         mask=in_seq[:, None],
     )
 
 
-def _backward_block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward kernels (not tuned yet)."""
-    if device.type != "cuda":
+def backward_block_sizes(
+    head_dim: int, capability: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward kernels for the card (None:
+    the interpreter)."""
+    if capability is None:
         return 16, 16, 1, 1  # several blocks per sequence even at the interpreter's tiny shapes
     if head_dim == 128:
         return 64, 32, 8, 2
+    if capability[0] >= 9:
+        # 64 x 64 spilled 56 B per thread in dk/dv with dropout on sm_90a (compile report).
+        return 64, 32, 4, 2
     return 64, 64, 4, 2
 
 
@@ -505,7 +523,9 @@ def launch_backward(
     mask = None
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
-    block_m, block_n, num_warps, num_stages = _backward_block_sizes(qkv.device, head_dim)
+    block_m, block_n, num_warps, num_stages = backward_block_sizes(
+        head_dim, target.capability(qkv.device)
+    )
     args = (
         dqkv,
         qkv,
@@ -537,8 +557,8 @@ def launch_backward(
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    _attention_backward_dkdv_kernel[(batch * num_heads, triton.cdiv(longest, block_n))](
-        *args, **meta
-    )
-    _attention_backward_dq_kernel[(batch * num_heads, triton.cdiv(longest, block_m))](*args, **meta)
+    dkdv_grid = (batch * num_heads, triton.cdiv(longest, block_n))
+    target.run(_attention_backward_dkdv_kernel, dkdv_grid, *args, **meta)
+    dq_grid = (batch * num_heads, triton.cdiv(longest, block_m))
+    target.run(_attention_backward_dq_kernel, dq_grid, *args, **meta)
     return dqkv

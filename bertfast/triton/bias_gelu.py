@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from bertfast.ops._checks import as_rows
+from bertfast.triton import target
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
@@ -55,7 +56,9 @@ def launch(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torc
     block_cols = min(1024, triton.next_power_of_2(cols))
     block_rows = max(1, 2048 // block_cols)
     grid = (triton.cdiv(rows, block_rows), triton.cdiv(cols, block_cols))
-    _bias_gelu_kernel[grid](
+    target.run(
+        _bias_gelu_kernel,
+        grid,
         out,
         rows_view,
         bias if bias is not None else rows_view,
@@ -129,9 +132,9 @@ def _bias_gelu_backward_kernel(
 def reduction_programs(device: torch.device, column_blocks: int) -> int:
     """How many programs share the rows of a backward whose parameter grads are partial sums:
     about two waves of the GPU (a few under the interpreter, so the reduction is exercised)."""
-    if device.type != "cuda":
+    sms = target.multiprocessors(device)
+    if sms is None:
         return 4
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, 2 * sms // column_blocks)
 
 
@@ -159,7 +162,9 @@ def launch_backward(
     partial = torch.empty(
         (programs, cols) if bias is not None else (1,), dtype=torch.float32, device=x.device
     )
-    _bias_gelu_backward_kernel[(programs, column_blocks)](
+    target.run(
+        _bias_gelu_backward_kernel,
+        (programs, column_blocks),
         dx,
         partial,
         grad_rows,

@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from bertfast.ops._checks import as_rows
+from bertfast.triton import target
 from bertfast.triton.hidden_dropout import hidden_dropout_keep
 
 
@@ -63,7 +64,9 @@ def launch(
     if rows == 0:
         return out
     block = triton.next_power_of_2(hidden)
-    _bias_residual_layer_norm_kernel[(rows,)](
+    target.run(
+        _bias_residual_layer_norm_kernel,
+        (rows,),
         out,
         x_rows,
         bias if bias is not None else weight,
@@ -157,9 +160,8 @@ def _bias_residual_layer_norm_backward_kernel(
 def _reduction_programs(device: torch.device) -> int:
     """Programs that share the rows of the backward (each writes one partial sum of the
     parameter grads): two per SM on a GPU, a few under the interpreter."""
-    if device.type != "cuda":
-        return 4
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    sms = target.multiprocessors(device)
+    return 4 if sms is None else 2 * sms
 
 
 def launch_backward(
@@ -185,7 +187,9 @@ def launch_backward(
     programs = triton.cdiv(rows, rows_per_program)
     partial = torch.empty((3, programs, hidden), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(hidden)
-    _bias_residual_layer_norm_backward_kernel[(programs,)](
+    target.run(
+        _bias_residual_layer_norm_backward_kernel,
+        (programs,),
         dsum,
         dx if dropout_p else dsum,
         partial,

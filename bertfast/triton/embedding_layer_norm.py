@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bertfast.triton import target
 from bertfast.triton.hidden_dropout import hidden_dropout_keep
 
 
@@ -72,7 +73,9 @@ def launch(
     if tokens == 0:
         return out
     block = triton.next_power_of_2(hidden)
-    _embedding_layer_norm_kernel[(tokens,)](
+    target.run(
+        _embedding_layer_norm_kernel,
+        (tokens,),
         out,
         input_ids.reshape(-1).contiguous(),
         token_type_ids.reshape(-1).contiguous(),
@@ -159,9 +162,8 @@ def _embedding_layer_norm_backward_kernel(
 def _reduction_programs(device: torch.device) -> int:
     """Programs that share the tokens of the backward (each writes one partial sum of the
     LayerNorm grads): two per SM on a GPU, a few under the interpreter."""
-    if device.type != "cuda":
-        return 4
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    sms = target.multiprocessors(device)
+    return 4 if sms is None else 2 * sms
 
 
 def launch_backward(
@@ -202,7 +204,9 @@ def launch_backward(
     dsum = torch.empty((tokens, hidden), dtype=torch.float32, device=word.device)
     partial = torch.empty((2, programs, hidden), dtype=torch.float32, device=word.device)
     block = triton.next_power_of_2(hidden)
-    _embedding_layer_norm_backward_kernel[(programs,)](
+    target.run(
+        _embedding_layer_norm_backward_kernel,
+        (programs,),
         dsum,
         partial,
         grad_rows,

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bertfast.triton import target
+
 
 @triton.jit
 def hidden_dropout_keep(seed, dropout_p, row, cols, hidden):
@@ -38,5 +40,7 @@ def dropout_mask(
     out = torch.empty((rows, hidden), dtype=torch.int8, device=device)
     if out.numel():
         block = triton.next_power_of_2(hidden)
-        _hidden_dropout_mask_kernel[(rows,)](out, hidden, seed, float(dropout_p), BLOCK=block)
+        target.run(
+            _hidden_dropout_mask_kernel, (rows,), out, hidden, seed, float(dropout_p), BLOCK=block
+        )
     return out.view(shape).bool()

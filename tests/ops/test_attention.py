@@ -187,12 +187,18 @@ def test_tuned_block_sizes_are_used(tmp_path, monkeypatch):
     table.write_text(json.dumps({"device": "test", "entries": entries}))
     monkeypatch.setattr(launch_module, "TUNED_BLOCKS_PATH", table)
     monkeypatch.setattr(launch_module, "_tuned", None)
-    assert launch_module._block_sizes(64, 100) == (64, 32, 4, 2)
-    assert launch_module._block_sizes(64, 384) == (128, 64, 8, 3)
-    assert launch_module._block_sizes(64, 1024) == (128, 64, 8, 3)
-    heuristic = launch_module._block_sizes(32, 128)
+    assert launch_module.block_sizes(64, 100, (9, 0)) == (64, 32, 4, 2)
+    assert launch_module.block_sizes(64, 384, (9, 0)) == (128, 64, 8, 3)
+    assert launch_module.block_sizes(64, 1024, (9, 0)) == (128, 64, 8, 3)
+    heuristic = launch_module.block_sizes(32, 128, (9, 0))
     monkeypatch.setattr(launch_module, "_tuned", {})
-    assert launch_module._block_sizes(32, 128) == heuristic
+    assert launch_module.block_sizes(32, 128, (9, 0)) == heuristic
+    untuned = launch_module.block_sizes(64, 100, (8, 0))
+    # A table that names the card it was measured on applies to that card's major version.
+    table.write_text(json.dumps({"device": "H100", "capability": [9, 0], "entries": entries}))
+    monkeypatch.setattr(launch_module, "_tuned", None)
+    assert launch_module.block_sizes(64, 100, (9, 0)) == (64, 32, 4, 2)
+    assert launch_module.block_sizes(64, 100, (8, 0)) == untuned != (64, 32, 4, 2)
     # A packed call still equals the reference with a tuned config.
     monkeypatch.setattr(launch_module, "_tuned", None)
     qkv = torch.randn(9, 3 * 64 * 2)
