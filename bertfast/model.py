@@ -215,8 +215,8 @@ class BertLayer(nn.Module):
         )
         if fused_epilogues:
             return self._forward_fused(context, hidden, backend, validate)
-        if backend == "torch" and hidden.dtype == torch.float32:
-            return self._forward_native(context, hidden)
+        if backend == "torch" and (hidden.dtype == torch.float32 or cpu_linear.applies(hidden)):
+            return self._forward_native(context, hidden)  # fp32, or bf16 on a CPU that has it
         attn = F.linear(context, self.attention_output.weight)
         hidden = self._residual_norm(
             attn, self.attention_output, hidden, self.attention_norm, backend, validate
@@ -761,14 +761,18 @@ class BertModel(nn.Module):
         device: torch.device | str | None = None,
         cuda_graphs: bool = True,
         fused_epilogues: bool = False,
+        quantize: str | None = None,
     ) -> BertModel:
         """Load a Hugging Face BERT checkpoint directory (safetensors or PyTorch file);
-        ``cuda_graphs`` and ``fused_epilogues`` as in the constructor."""
+        ``cuda_graphs`` and ``fused_epilogues`` as in the constructor; ``quantize="int8"``
+        runs the layers' GEMMs in int8 on the CPU (``bertfast.cpu_quantize``)."""
+        from bertfast import cpu_quantize
         from bertfast.weights import load_pretrained_encoder
 
+        cpu_quantize.check_quantize(quantize, dtype, device)
         model = load_pretrained_encoder(cls, name_or_path, backend, dtype, device)
         model.cuda_graphs, model.fused_epilogues = cuda_graphs, fused_epilogues
-        return model
+        return cpu_quantize.quantize_(model, quantize) if quantize else model
 
     @classmethod
     def from_hf_state_dict(
