@@ -49,8 +49,14 @@ LABELS = {0: "contradiction", 1: "entailment", 2: "neutral"}
 class Server:
     """A ``bertfast serve`` child process; its output is collected for failure messages."""
 
-    def __init__(self, args: list[str]):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            **(env or {}),
+        )
         env.pop("TRITON_INTERPRET", None)  # the CPU torch path; no kernel is interpreted
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bertfast", "serve", "--host", HOST, "--port", "0", *args],
@@ -68,8 +74,8 @@ class Server:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
-            if line.startswith(READY):
-                self.url = re.search(r"http://\S+", line).group(0)
+            if READY in line:  # a line of its own, or a JSON log line's message
+                self.url = re.search(r"http://[^\s\"]+", line).group(0)
                 self._ready.set()
         self._ready.set()
 
@@ -165,6 +171,12 @@ def model_dirs(tmp_path_factory, minilm_dir):
     }
 
 
+class Started(dict):
+    """Server URLs by name; ``procs`` holds the Server objects (their output)."""
+
+    procs: dict[str, Server]
+
+
 @pytest.fixture(scope="module")
 def servers(model_dirs):
     """The three module servers, started together (they load in parallel)."""
@@ -178,7 +190,8 @@ def servers(model_dirs):
         "reranker": Server(["--model", str(model_dirs["reranker"])]),
     }
     try:
-        urls = {name: s.wait_ready() for name, s in started.items()}
+        urls = Started({name: s.wait_ready() for name, s in started.items()})
+        urls.procs = started
         yield urls
     finally:
         # SIGINT stops as gracefully as SIGTERM: exit status 0.
@@ -518,9 +531,15 @@ def test_errors(servers, client, server, route, body, status, error_type, messag
     r = post(client, servers[server], route, body)
     assert r.status_code == status, r.text
     answer = r.json()
-    assert set(answer) == {"error", "error_type"}
-    assert answer["error_type"] == error_type
-    assert message in answer["error"], answer["error"]
+    if route.startswith("/v1/"):  # OpenAI's shape
+        error = answer["error"]
+        assert set(answer) == {"error"} and set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == error_type.lower() and error["type"] == "invalid_request_error"
+        assert message in error["message"], error["message"]
+    else:
+        assert set(answer) == {"error", "error_type"}
+        assert answer["error_type"] == error_type
+        assert message in answer["error"], answer["error"]
 
 
 def test_bad_unicode_is_a_json_4xx_counted_as_a_failure(servers, client):
@@ -530,8 +549,8 @@ def test_bad_unicode_is_a_json_4xx_counted_as_a_failure(servers, client):
     r = post(client, url, "/v1/embeddings", {"input": "a", "model": "\ud800"})
     assert r.status_code == 422 and r.headers["content-type"] == "application/json"
     after = client.get(url + "/metrics").text
-    success = ("te_request_success_total", 'method="openai_embed"')
-    failure = ("te_request_failure_total", 'err="Validation"')
+    success = ("te_request_success", 'method="single"')
+    failure = ("te_request_failure", 'err="validation"')
     assert metric(after, *success) == metric(before, *success)
     assert metric(after, *failure) == metric(before, *failure) + 1
 
@@ -573,7 +592,7 @@ def test_payload_limit_and_unknown_route(servers, client):
 
 def raw_partial_request(url: str, route: str, body: bytes) -> tuple[socket.socket, bytes]:
     """Send a POST's headers and all but the last byte of its body; return the socket and
-    the missing byte (the server holds the request in flight until it arrives)."""
+    the missing byte (the server waits for it, up to --timeout-body)."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=60)
     head = (
@@ -595,7 +614,7 @@ def finish_raw(sock: socket.socket, rest: bytes) -> tuple[int, object]:
 
 
 def wait_for_in_flight(
-    client, url: str, count: int, exactly: bool = False, gauge: str = "te_requests_in_flight"
+    client, url: str, count: int, exactly: bool = False, gauge: str = "bertfast_requests_in_flight"
 ) -> None:
     """Poll /metrics until at least (or exactly) ``count`` inference requests are in flight
     (or, with ``gauge="bertfast_requests_reading"``, have their body arriving)."""
@@ -628,6 +647,72 @@ def test_model_failure_is_424_for_that_input_only(servers, client, hf_classifier
     assert client.get(url + "/health").status_code == 200
     r = post(client, url, "/predict", {"inputs": [["the cat"], ["poison"]]})
     assert r.status_code == 424  # a request fails whole when one of its inputs fails
+
+
+# The series TEI's router and inference core expose (text-embeddings-inference router/src and
+# core/src), as a classifier server fills them in.
+TEI_SERIES = [
+    'te_request_count{method="batch"}',
+    'te_request_count{method="single"}',
+    'te_request_success{method="batch"}',
+    'te_request_failure{err="batch_size"}',
+    'te_request_failure{err="model_type"}',
+    'te_request_failure{err="validation"}',
+    "te_request_duration_count",
+    "te_request_tokenization_duration_count",
+    "te_request_queue_duration_count",
+    "te_request_inference_duration_count",
+    "te_request_input_length_count",
+    "te_predict_count",
+    "te_predict_success",
+    "te_predict_duration_count",
+    "te_predict_tokenization_duration_count",
+    "te_predict_queue_duration_count",
+    "te_predict_inference_duration_count",
+    "te_batch_next_size_count",
+    "te_batch_next_tokens_count",
+    "te_queue_size",
+]
+
+
+def test_metrics_under_tei_names(servers, client):
+    url = servers["classifier"]
+    before = client.get(url + "/metrics").text
+    client.post(url + "/predict", json={"inputs": [["a cat"], ["a dog", "a cat"]]})
+    client.post(url + "/predict", json={"inputs": "a"})
+    client.post(url + "/predict", json={"inputs": [["a"]] * 33})  # batch_size
+    client.post(url + "/embed", json={"inputs": "a"})  # model_type
+    client.post(url + "/embed", content=b"{")  # validation
+    text = client.get(url + "/metrics").text
+    for series in TEI_SERIES:
+        assert re.search(rf"^{re.escape(series)} ", text, re.M), f"{series} missing"
+    # TEI's exporter: no _total suffix, no _created series.
+    assert not re.search(r"_total[{ ]|_created[{ ]", text)
+    for name in ("te_predict_count", "te_predict_success"):
+        assert metric(text, name) - metric(before, name) == 3  # inputs: 2 + 1
+    assert metric(text, "te_request_failure", 'err="batch_size"') >= 1
+
+
+def test_access_logs_in_tei_style(servers, client):
+    from tests.test_serve_api import wait_for_line
+
+    texts = ["a", "b", "c", "d", "e"]  # five: no other /rerank request of this module has
+    r = post(client, servers["reranker"], "/rerank", {"query": "a cat", "texts": texts})
+    assert r.status_code == 200
+    line = wait_for_line(
+        servers.procs["reranker"], r"bertfast\.serve\.access: POST /rerank 200 .* inputs=5 "
+    )
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z  INFO ", line), line
+    assert re.search(r'total_time="[\d.]+ms" inputs=5 tokens=\d+ tokenization_time="[\d.]+ms" '
+                     r'queue_time="[\d.]+ms" inference_time="[\d.]+ms"', line), line  # fmt: skip
+
+
+def test_every_route_in_the_spec_answers_as_documented_on_a_cross_encoder(servers):
+    pytest.importorskip("schemathesis")
+    from tests.test_serve_api import check_spec_routes
+
+    not_served = {"/embed", "/embed_all", "/similarity", "/v1/embeddings"}
+    check_spec_routes(servers["reranker"], {}, not_served)
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -663,9 +748,11 @@ def test_200_concurrent_mixed_requests_each_get_their_own_answer(servers, client
         assert_close(r.json(), expected[row : row + len(texts)], what=f"request {texts[0][:20]}")
         row += len(texts)
     after = client.get(url + "/metrics").text
-    label = 'method="embed"'
-    for name in ("te_request_count_total", "te_request_success_total"):
+    label = 'method="batch"'  # every request sent a list
+    for name in ("te_request_count", "te_request_success"):
         assert metric(after, name, label) - metric(before, name, label) == 200
+    for name in ("te_embed_count", "te_embed_success"):  # per input
+        assert metric(after, name) - metric(before, name) == len(flat)
     assert (
         metric(after, "te_request_duration_count") - metric(before, "te_request_duration_count")
         == 200

@@ -209,7 +209,7 @@ def test_inputs_of_a_departed_client_are_not_computed(gated):
         for text in departed:
             assert gated.ids(text) not in ran, f"{text!r} was computed for a departed client"
         metrics = httpx.get(url + "/metrics", timeout=WAIT).text
-        assert metric(metrics, "te_request_failure_total", 'err="Dropped"') == 1
+        assert metric(metrics, "te_request_failure", 'err="dropped"') == 1
 
 
 def test_rerank_on_an_idle_server_is_not_refused_by_the_queue_bound(gated):

@@ -1,6 +1,8 @@
-"""The router: TEI's routes, request validation, limits, errors and response headers.
+"""The router: TEI's and OpenAI's routes, request validation, limits, errors, response
+headers, the API key and access logs.
 
-Every error is ``{"error": ..., "error_type": ...}`` with TEI's error types:
+Every error is ``{"error": ..., "error_type": ...}`` with TEI's error types (on ``/v1/*``
+OpenAI's ``{"error": {"message", "type", "param", "code"}}``):
 
 ===========================================================  ======  ===========
 what                                                         status  error_type
@@ -17,6 +19,8 @@ the model failed on the input, or cannot serve the route     424     Backend
 server stopping or batcher down (/health)                    503     Unhealthy
 a bug in the server (logged)                                 500     Internal
 the client went away before its answer (work cancelled)     499     Dropped
+no or a wrong API key (``api_key`` set)                      401     Unauthorized
+unknown route, or a ``model`` that is not a served name      404     NotFound
 ===========================================================  ======  ===========
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -38,7 +43,7 @@ try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - depends on the install
     from bertfast.serve.errors import missing_extra
@@ -62,6 +67,7 @@ from bertfast.serve.settings import ServeSettings
 from bertfast.serve.tokenization import DIRECTIONS, Tokenization
 
 logger = logging.getLogger("bertfast.serve")
+access_logger = logging.getLogger("bertfast.serve.access")
 
 # POST routes that count against max_concurrent_requests and payload_limit.
 INFERENCE_ROUTES = {
@@ -70,22 +76,50 @@ INFERENCE_ROUTES = {
     "/v1/embeddings": "openai_embed",
     "/predict": "predict",
     "/rerank": "rerank",
+    "/similarity": "similarity",
     "/tokenize": "tokenize",
     "/decode": "decode",
 }
+GET_ROUTES = ("/health", "/info", "/metrics", "/v1/models", "/v1/models/{model_id}")
+# Routes that answer without the API key (a load balancer's probe has none).
+PUBLIC_ROUTES = ("/health",)
+# Where the scope carries what the access log reports of a request.
+ACCESS_KEY = "bertfast.access"
 
 
-def error_response(err: ServeError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+def route_path(name: str) -> str:
+    return next(path for path, route in INFERENCE_ROUTES.items() if route == name)
+
+
+def is_openai(path: str) -> bool:
+    """OpenAI's routes answer errors in OpenAI's shape; TEI's keep TEI's."""
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def error_response(err: ServeError, openai: bool = False, **headers: str) -> JSONResponse:
+    body = err.openai_body() if openai else err.body()
+    return JSONResponse(body, status_code=err.status, headers=headers or None)
 
 
 class Timing:
-    """What the response headers report (milliseconds, as TEI)."""
+    """What the response headers and the access log report (milliseconds, as TEI)."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.tokenization = self.queue = self.inference = 0.0
-        self.tokens = self.chars = 0
+        self.tokens = self.chars = self.inputs = 0
+        self.method: str | None = None  # TEI's request label: "single" or "batch"
+        self.task: str | None = None  # "embed" or "predict": the per-input metrics to count
+        self.items: list = []  # the queued items (their queue and inference times)
+
+    def access(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "tokens": self.tokens,
+            "tokenization_time": self.tokenization,
+            "queue_time": self.queue,
+            "inference_time": self.inference,
+        }
 
     def headers(self, compute_type: str) -> dict[str, str]:
         total = time.perf_counter() - self.start
@@ -114,7 +148,7 @@ def _bool(body: dict, key: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise errors.validation(f"`{key}` must be a boolean, got {_type_name(value)}")
+        raise errors.validation(f"`{key}` must be a boolean, got {_type_name(value)}", param=key)
     return value
 
 
@@ -124,7 +158,8 @@ def _direction(body: dict) -> str:
         return "right"
     if not isinstance(value, str) or value.lower() not in DIRECTIONS:
         raise errors.validation(
-            f"`truncation_direction` must be 'left' or 'right' (any case), got {value!r}"
+            f"`truncation_direction` must be 'left' or 'right' (any case), got {value!r}",
+            param="truncation_direction",
         )
     return value.lower()
 
@@ -176,9 +211,12 @@ class Router:
     def __init__(self, backend: ModelBackend, settings: ServeSettings):
         self.backend = backend
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(backend.max_input_length)
         self.tokenization = Tokenization(backend.tokenizer, backend.max_input_length)
         self.model_id = settings.model_id or str(settings.model).rstrip("/").split("/")[-1]
+        # The names /v1/* answers to (the first is reported when a request names none).
+        self.served_names = list(settings.served_model_names or [self.model_id])
+        self.created = int(time.time())
         self.compute_type = backend.device.type
         self.batcher: Batcher | None = None
         self.tokenizer_pool: ThreadPoolExecutor | None = None
@@ -220,28 +258,31 @@ class Router:
         """A string or a non-empty list of strings (at most max_client_batch_size)."""
         if isinstance(value, str):
             return [value], True
+        what = f"`{key}` must be a string or a list of strings"
         if value is None:
-            raise errors.validation(f"`{key}` is required: a string or a list of strings")
-        if not isinstance(value, list):
             raise errors.validation(
-                f"`{key}` must be a string or a list of strings, got {_type_name(value)}"
+                f"`{key}` is required: a string or a list of strings", param=key
             )
+        if not isinstance(value, list):
+            raise errors.validation(f"{what}, got {_type_name(value)}", param=key)
         if not value:
-            raise errors.empty(f"`{key}` cannot be empty")
+            raise errors.empty(f"`{key}` cannot be empty", param=key)
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise errors.validation(
-                    f"`{key}` must be a string or a list of strings, got {_type_name(item)} "
-                    f"at index {i}"
-                )
-        self._check_batch_size(len(value))
+                raise errors.validation(f"{what}, got {_type_name(item)} at index {i}", param=key)
+        self._check_batch_size(len(value), key)
         return value, False
 
-    def _check_batch_size(self, count: int) -> None:
+    def _check_batch_size(self, count: int, param: str | None = None) -> None:
         limit = self.settings.max_client_batch_size
         if count > limit:
-            raise errors.validation(
-                f"batch size {count} > maximum allowed batch size {limit} (--max-client-batch-size)"
+            raise ServeError(
+                422,
+                errors.VALIDATION,
+                f"batch size {count} > maximum allowed batch size {limit} "
+                "(--max-client-batch-size)",
+                param=param,
+                reason="batch_size",
             )
 
     def _needs(self, route: str, kinds: tuple[str, ...]) -> None:
@@ -249,7 +290,8 @@ class Router:
             hint = "/predict or /rerank" if self.backend.kind == "classifier" else "/embed"
             raise errors.backend(
                 f"{route} needs a model of kind {' or '.join(kinds)}; {self.model_id!r} is of "
-                f"kind {self.backend.kind} (use {hint})"
+                f"kind {self.backend.kind} (use {hint})",
+                reason="model_type",
             )
 
     async def _encode(
@@ -261,8 +303,12 @@ class Router:
             self.tokenizer_pool, self.tokenization.encode, texts, truncate, direction
         )
         timing.tokenization = time.perf_counter() - start
+        return self._sequences(encoded, timing)
+
+    def _sequences(self, encoded: list, timing: Timing) -> list[Sequence]:
         timing.tokens = sum(len(e.ids) for e in encoded)
         timing.chars = sum(e.chars for e in encoded)
+        timing.inputs = len(encoded)
         for e in encoded:
             self.metrics.input_tokens.observe(len(e.ids))
         return [Sequence("", e.ids, e.type_ids) for e in encoded]
@@ -271,6 +317,9 @@ class Router:
         if self.batcher is None or not self.batcher.healthy:
             raise ServeError(503, errors.UNHEALTHY, "the batcher is not running")
         items = self.batcher.submit(seqs)
+        timing.task = "predict" if seqs[0].task == CLASSIFY else "embed"
+        timing.items = items
+        self.metrics.per_input[timing.task]["count"].inc(len(items))
         results = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
         timing.queue = max(it.queue_time for it in items)
         timing.inference = max(it.inference_time for it in items)
@@ -283,58 +332,164 @@ class Router:
         """The prompt to prepend (TEI's ``prompt_name``; else the directory's default)."""
         name = body.get("prompt_name")
         if name is not None and not isinstance(name, str):
-            raise errors.validation(f"`prompt_name` must be a string, got {_type_name(name)}")
+            raise errors.validation(
+                f"`prompt_name` must be a string, got {_type_name(name)}", param="prompt_name"
+            )
         try:
             prompt = self.backend.prompt(name)
         except KeyError:
             known = sorted(self.backend.prompts)
             raise errors.validation(
-                f"`prompt_name` {name!r} is not one of this model's prompts {known}"
+                f"`prompt_name` {name!r} is not one of this model's prompts {known}",
+                param="prompt_name",
             ) from None
         return (prompt, self.backend.prompt_length(prompt)) if prompt else ("", None)
 
     async def _embed(
-        self, texts: list[str], body: dict, timing: Timing, task: str, normalize: bool
+        self,
+        texts: list[str],
+        body: dict,
+        timing: Timing,
+        task: str,
+        normalize: bool,
+        token_ids: list[list[int]] | None = None,
     ) -> list[Any]:
+        """Embed ``texts`` (or, with ``token_ids``, inputs given as ids) with the request's
+        truncation and prompt."""
         truncate = _bool(body, "truncate", self.settings.auto_truncate)
+        direction = _direction(body)
         prompt, prompt_length = self._prompt(body)
-        if prompt:
-            texts = [prompt + t for t in texts]
-        seqs = await self._encode(texts, truncate, _direction(body), timing)
+        if token_ids is not None:
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            encoded = await loop.run_in_executor(
+                self.tokenizer_pool, self.tokenization.encode_ids, token_ids, truncate,
+                direction, prompt,
+            )  # fmt: skip
+            timing.tokenization = time.perf_counter() - start
+            seqs = self._sequences(encoded, timing)
+        else:
+            if prompt:
+                texts = [prompt + t for t in texts]
+            seqs = await self._encode(texts, truncate, direction, timing)
         for s in seqs:
             s.task, s.normalize, s.prompt_length = task, normalize, prompt_length
         return await self._infer(seqs, timing)
+
+    def _dimensions(self, body: dict) -> int | None:
+        """``dimensions``: keep the first n of each vector (a Matryoshka cut), 1 to the
+        model's width."""
+        dims = body.get("dimensions")
+        if dims is None:
+            return None
+        width = self.backend.hidden_size
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= width:
+            raise errors.validation(
+                f"`dimensions` must be an integer from 1 to {width} (this model's width), "
+                f"got {dims!r}",
+                param="dimensions",
+            )
+        return dims
+
+    @staticmethod
+    def _cut(vectors: list[list[float]], dims: int | None, normalize: bool) -> Any:
+        """The first ``dims`` of each vector, unit length again when ``normalize``, as
+        sentence-transformers' ``truncate_dim`` with ``normalize_embeddings``."""
+        if dims is None:
+            return vectors
+        cut = np.asarray(vectors, dtype=np.float32)[:, :dims]
+        if normalize:
+            norms = np.linalg.norm(cut, axis=1, keepdims=True)
+            cut = cut / np.maximum(norms, 1e-12)
+        return cut.tolist()
 
     # -- routes: each takes the parsed body and returns the JSON answer
 
     async def embed(self, body: dict, timing: Timing) -> Any:
         self._needs("/embed", ("embedding",))
-        texts, _ = self._texts(body.get("inputs"), "inputs")
+        texts, single = self._texts(body.get("inputs"), "inputs")
+        timing.method = "single" if single else "batch"
         normalize = _bool(body, "normalize", True)
-        return await self._embed(texts, body, timing, EMBED, normalize)
+        dims = self._dimensions(body)
+        vectors = await self._embed(texts, body, timing, EMBED, normalize)
+        return self._cut(vectors, dims, normalize)
 
     async def embed_all(self, body: dict, timing: Timing) -> Any:
         self._needs("/embed_all", ("embedding",))
-        texts, _ = self._texts(body.get("inputs"), "inputs")
+        texts, single = self._texts(body.get("inputs"), "inputs")
+        timing.method = "single" if single else "batch"
         return await self._embed(texts, body, timing, EMBED_ALL, False)
 
+    def _openai_input(self, value: Any) -> tuple[list[str], list[list[int]] | None, bool]:
+        """OpenAI's ``input``: a string, a list of strings, one input as token ids (a list
+        of ints) or several (a list of such lists). Returns (texts, token_ids, single)."""
+        what = (
+            "`input` must be a string, a list of strings, a list of token ids or a list of "
+            "lists of token ids"
+        )
+        is_id = lambda x: isinstance(x, int) and not isinstance(x, bool)
+        if isinstance(value, list) and value and all(is_id(x) for x in value):
+            rows, single = [value], True
+        elif isinstance(value, list) and value and all(isinstance(x, list) for x in value):
+            rows, single = value, False
+            self._check_batch_size(len(rows), "input")
+        else:
+            if isinstance(value, list) and value and not all(isinstance(x, str) for x in value):
+                raise errors.validation(f"{what}; the list mixes types", param="input")
+            if value is not None and not isinstance(value, (str, list)):
+                raise errors.validation(f"{what}, got {_type_name(value)}", param="input")
+            texts, single = self._texts(value, "input")
+            return texts, None, single
+        vocab = len(self.backend.tokenizer)
+        for i, row in enumerate(rows):
+            if not row or not all(is_id(x) and 0 <= x < vocab for x in row):
+                raise errors.validation(
+                    f"{what}; input {i} must be a non-empty list of token ids, each an "
+                    f"integer in [0, {vocab})",
+                    param="input",
+                )
+        return [], rows, single
+
+    def _served_name(self, body: dict) -> str:
+        """The model name the request asks for: one of the served names, or none."""
+        model = body.get("model")
+        if model is None:
+            return self.served_names[0]
+        if not isinstance(model, str):
+            raise errors.validation(
+                f"`model` must be a string, got {_type_name(model)}", param="model"
+            )
+        if model not in self.served_names:
+            names = ", ".join(self.served_names)
+            raise ServeError(
+                404,
+                errors.NOT_FOUND,
+                f"The model `{model}` does not exist; this server serves: {names}",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
     async def openai_embed(self, body: dict, timing: Timing) -> Any:
+        texts, token_ids, single = self._openai_input(body.get("input"))
+        timing.method = "single" if single else "batch"
+        model = self._served_name(body)
         self._needs("/v1/embeddings", ("embedding",))
-        texts, _ = self._texts(body.get("input"), "input")
         fmt = body.get("encoding_format")
         fmt = "float" if fmt is None else fmt
         if fmt not in ("float", "base64"):
-            raise errors.validation(f"`encoding_format` must be 'float' or 'base64', got {fmt!r}")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise errors.validation(f"`model` must be a string, got {_type_name(model)}")
-        dims = body.get("dimensions")
-        if dims is not None and dims != self.backend.hidden_size:
             raise errors.validation(
-                f"`dimensions` {dims!r} is not supported: this model gives "
-                f"{self.backend.hidden_size} (leave it out)"
+                f"`encoding_format` must be 'float' or 'base64', got {fmt!r}",
+                param="encoding_format",
             )
-        vectors = await self._embed(texts, body, timing, EMBED, True)
+        user = body.get("user")
+        if user is not None and not isinstance(user, str):
+            raise errors.validation(
+                f"`user` must be a string, got {_type_name(user)}", param="user"
+            )
+        dims = self._dimensions(body)
+        vectors = await self._embed(texts, body, timing, EMBED, True, token_ids)
+        vectors = self._cut(vectors, dims, True)
         if fmt == "base64":
             encode = lambda v: base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
         else:
@@ -345,9 +500,39 @@ class Router:
                 {"object": "embedding", "embedding": encode(v), "index": i}
                 for i, v in enumerate(vectors)
             ],
-            "model": model or self.model_id,
+            "model": model,
             "usage": {"prompt_tokens": timing.tokens, "total_tokens": timing.tokens},
         }
+
+    async def similarity(self, body: dict, timing: Timing) -> Any:
+        """TEI's sentence similarity: the cosine of ``source_sentence`` with each sentence."""
+        self._needs("/similarity", ("embedding",))
+        inputs = body.get("inputs")
+        what = "`inputs` must be an object {source_sentence: string, sentences: [string]}"
+        if not isinstance(inputs, dict):
+            raise errors.validation(f"{what}, got {_type_name(inputs)}", param="inputs")
+        source, sentences = inputs.get("source_sentence"), inputs.get("sentences")
+        if not isinstance(source, str):
+            raise errors.validation(
+                f"{what}; source_sentence is {_type_name(source)}", param="inputs"
+            )
+        if not isinstance(sentences, list) or not all(isinstance(t, str) for t in sentences):
+            raise errors.validation(f"{what}; sentences is not a list of strings", param="inputs")
+        if not sentences:
+            raise errors.empty("`inputs.sentences` cannot be empty", param="inputs")
+        self._check_batch_size(len(sentences) + 1, "inputs")  # the source counts, as in TEI
+        parameters = body.get("parameters")
+        if parameters is None:
+            parameters = {}
+        if not isinstance(parameters, dict):
+            raise errors.validation(
+                f"`parameters` must be an object, got {_type_name(parameters)}",
+                param="parameters",
+            )
+        timing.method = "batch"
+        vectors = await self._embed([source, *sentences], parameters, timing, EMBED, True)
+        vectors = np.asarray(vectors, dtype=np.float64)
+        return [float(x) for x in vectors[1:] @ vectors[0]]
 
     def _scores(self, logits: list[list[float]], raw: bool) -> np.ndarray:
         scores = np.asarray(logits, dtype=np.float64)
@@ -390,7 +575,8 @@ class Router:
     async def predict(self, body: dict, timing: Timing) -> Any:
         self._needs("/predict", ("classifier",))
         inputs, single = self._predict_inputs(body.get("inputs"))
-        self._check_batch_size(len(inputs))
+        timing.method = "single" if single else "batch"
+        self._check_batch_size(len(inputs), "inputs")
         raw = _bool(body, "raw_scores", False)
         truncate = _bool(body, "truncate", self.settings.auto_truncate)
         seqs = await self._encode(inputs, truncate, _direction(body), timing)
@@ -407,15 +593,18 @@ class Router:
 
     async def rerank(self, body: dict, timing: Timing) -> Any:
         self._needs("/rerank", ("classifier", "embedding"))
+        timing.method = "batch"
         query = body.get("query")
         if not isinstance(query, str):
-            raise errors.validation(f"`query` must be a string, got {_type_name(query)}")
+            raise errors.validation(
+                f"`query` must be a string, got {_type_name(query)}", param="query"
+            )
         texts = body.get("texts")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise errors.validation("`texts` must be a list of strings")
+            raise errors.validation("`texts` must be a list of strings", param="texts")
         if not texts:
-            raise errors.empty("`texts` cannot be empty")
-        self._check_batch_size(len(texts))
+            raise errors.empty("`texts` cannot be empty", param="texts")
+        self._check_batch_size(len(texts), "texts")
         raw = _bool(body, "raw_scores", False)
         return_text = _bool(body, "return_text", False)
         truncate = _bool(body, "truncate", self.settings.auto_truncate)
@@ -425,7 +614,8 @@ class Router:
             if not backend.is_reranker:
                 raise errors.backend(
                     f"/rerank needs a cross-encoder (a classifier with one label); "
-                    f"{self.model_id!r} has {backend.num_labels} labels (use /predict)"
+                    f"{self.model_id!r} has {backend.num_labels} labels (use /predict)",
+                    reason="model_type",
                 )
             seqs = await self._encode([(query, t) for t in texts], truncate, direction, timing)
             for s in seqs:
@@ -451,7 +641,8 @@ class Router:
         return ranks
 
     async def tokenize(self, body: dict, timing: Timing) -> Any:
-        texts, _ = self._texts(body.get("inputs"), "inputs")
+        texts, single = self._texts(body.get("inputs"), "inputs")
+        timing.method = "single" if single else "batch"
         add_special = _bool(body, "add_special_tokens", True)
         # The limits of /embed: an input over the model's length is refused or cut.
         truncate = _bool(body, "truncate", self.settings.auto_truncate)
@@ -462,23 +653,26 @@ class Router:
         )
         timing.tokens = sum(len(row) for row in tokens)
         timing.chars = sum(len(t) for t in texts)
+        timing.inputs = len(texts)
         return tokens
 
     async def decode(self, body: dict, timing: Timing) -> Any:
         ids = body.get("ids")
         what = "`ids` must be a list of token ids or a list of such lists"
         if not isinstance(ids, list):
-            raise errors.validation(f"{what}, got {_type_name(ids)}")
+            raise errors.validation(f"{what}, got {_type_name(ids)}", param="ids")
         if not ids:
-            raise errors.empty("`ids` cannot be empty")
+            raise errors.empty("`ids` cannot be empty", param="ids")
         batch = ids if isinstance(ids[0], list) else [ids]
-        self._check_batch_size(len(batch))
+        timing.method = "batch" if isinstance(ids[0], list) else "single"
+        timing.inputs = len(batch)
+        self._check_batch_size(len(batch), "ids")
         vocab = len(self.backend.tokenizer)
         for row in batch:
             if not isinstance(row, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in row
             ):
-                raise errors.validation(f"{what}, each id an integer in [0, {vocab})")
+                raise errors.validation(f"{what}, each id an integer in [0, {vocab})", param="ids")
         skip = _bool(body, "skip_special_tokens", True)
         tokenizer = self.backend.tokenizer
         return [tokenizer.decode(row, skip_special_tokens=skip) for row in batch]
@@ -521,30 +715,67 @@ class Router:
     async def metrics_route(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
+    def _model_card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "bertfast"}
+
+    async def models(self, request: Request) -> Response:
+        """OpenAI's model list: the served names (one model, its aliases)."""
+        cards = [self._model_card(name) for name in self.served_names]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model_id"]
+        if name not in self.served_names:
+            err = ServeError(
+                404,
+                errors.NOT_FOUND,
+                f"The model `{name}` does not exist; this server serves: "
+                + ", ".join(self.served_names),
+                param="model",
+                code="model_not_found",
+            )
+            return error_response(err, openai=True)
+        return JSONResponse(self._model_card(name))
+
     # -- the wrapper every POST route goes through
 
     def endpoint(self, name: str, route: Callable) -> Callable:
+        openai = is_openai(route_path(name))
+
         async def handle(request: Request) -> Response:
             timing = Timing()
-            self.metrics.request_count.labels(name).inc()
+            m = self.metrics
             try:
-                body = parse_body(await request.body())
-                answer = await self._unless_disconnected(request, route(body, timing))
-                response = JSONResponse(answer, headers=timing.headers(self.compute_type))
+                try:
+                    body = parse_body(await request.body())
+                    answer = await self._unless_disconnected(request, route(body, timing))
+                    response = JSONResponse(answer, headers=timing.headers(self.compute_type))
+                finally:
+                    # Counted once the route knew the request's shape, as TEI counts after
+                    # parsing; the access log reports what the request carried.
+                    if timing.method is not None:
+                        m.request_count.labels(timing.method).inc()
+                    request.scope[ACCESS_KEY] = timing.access()
             except ServeError as err:
-                self.metrics.request_failure.labels(err.error_type).inc()
-                return error_response(err)
+                m.request_failure.labels(err.reason).inc()
+                return error_response(err, openai)
             except Exception as exc:  # a bug, not the client's doing: still a JSON answer
                 logger.exception("%s failed", name)
-                self.metrics.request_failure.labels("Internal").inc()
-                err = ServeError(500, "Internal", f"internal error: {type(exc).__name__}: {exc}")
-                return error_response(err)
-            m = self.metrics
-            m.request_success.labels(name).inc()
-            m.request_duration.observe(time.perf_counter() - timing.start)
+                m.request_failure.labels(errors.FAILURE_REASONS[errors.INTERNAL]).inc()
+                err = ServeError(
+                    500, errors.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                )
+                return error_response(err, openai)
+            total = time.perf_counter() - timing.start
+            m.request_success.labels(timing.method or "batch").inc()
+            m.request_duration.observe(total)
             m.tokenization_duration.observe(timing.tokenization)
             m.queue_duration.observe(timing.queue)
             m.inference_duration.observe(timing.inference)
+            if timing.task is not None:
+                m.observe_inputs(
+                    timing.task, len(timing.items), total, timing.tokenization, timing.items
+                )
             return response
 
         handle.__name__ = name
@@ -596,11 +827,8 @@ class LimitsMiddleware:
         metrics = router.metrics
 
         async def refuse(err: ServeError, headers: dict[str, str] | None = None) -> None:
-            metrics.request_count.labels(INFERENCE_ROUTES[path]).inc()
-            metrics.request_failure.labels(err.error_type).inc()
-            response = error_response(err)
-            response.headers.update(headers or {})
-            await response(scope, receive, send)
+            metrics.request_failure.labels(err.reason).inc()
+            await error_response(err, is_openai(path), **(headers or {}))(scope, receive, send)
 
         router.reading += 1
         metrics.reading.set(router.reading)
@@ -672,28 +900,124 @@ class LimitsMiddleware:
                 return b"".join(chunks)
 
 
+class AuthMiddleware:
+    """With an API key, every route but /health needs ``Authorization: Bearer <key>``.
+
+    The key is compared in constant time (``hmac.compare_digest``) and never logged or echoed.
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.key = api_key.encode()
+
+    def authorized(self, scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                # Compared whatever the scheme, so the time does not tell which part was wrong.
+                same = hmac.compare_digest(token.strip(), self.key)
+                return same and scheme.lower() == b"bearer"
+        return False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_ROUTES or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        err = ServeError(
+            401,
+            errors.UNAUTHORIZED,
+            "missing or wrong API key: send the header `Authorization: Bearer <key>`",
+            code="invalid_api_key",
+        )
+        response = error_response(
+            err, is_openai(scope.get("path", "")), **{"www-authenticate": "Bearer"}
+        )
+        await response(scope, receive, send)
+
+
+class AccessLogMiddleware:
+    """One line a request at info level, as TEI logs its spans: method, route, status, time,
+    and for inference routes the inputs, tokens and time in each stage (no body, no headers)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not access_logger.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app fails before it answers
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            fields: dict[str, Any] = {
+                "method": scope["method"],
+                "route": scope.get("path", ""),
+                "status": status,
+                "total_time": time.perf_counter() - start,
+            }
+            fields.update(scope.get(ACCESS_KEY) or {})
+            client = scope.get("client")
+            if client:
+                fields["client"] = f"{client[0]}:{client[1]}"
+            access_logger.info(
+                "%s %s %s", fields["method"], fields["route"], status, extra={"fields": fields}
+            )
+
+
 def build_app(backend: ModelBackend, settings: ServeSettings):
-    """The ASGI app for a loaded backend: Starlette routes wrapped in the limits middleware."""
+    """The ASGI app for a loaded backend: Starlette routes inside the limits, API-key and
+    access-log middleware."""
+    from bertfast.serve.openapi import docs_page, openapi_spec
+
     router = Router(backend, settings)
     routes = [
         Route(path, router.endpoint(name, getattr(router, name)), methods=["POST"])
         for path, name in INFERENCE_ROUTES.items()
     ]
+    spec = openapi_spec(router)
+    spec_body = json.dumps(spec).encode()
+    page = docs_page(spec)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec_body, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(page)
+
     routes += [
         Route("/health", router.health, methods=["GET"]),
         Route("/info", router.info, methods=["GET"]),
         Route("/metrics", router.metrics_route, methods=["GET"]),
+        Route("/v1/models", router.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", router.model, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
     ]
+    known = ", ".join(sorted([*INFERENCE_ROUTES, *GET_ROUTES[:-1], "/openapi.json", "/docs"]))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        known = ", ".join(sorted([*INFERENCE_ROUTES, "/health", "/info", "/metrics"]))
         message = f"{request.method} {request.url.path}: {exc.detail}; routes: {known}"
-        return JSONResponse(
-            {"error": message, "error_type": errors.VALIDATION}, status_code=exc.status_code
-        )
+        error_type = errors.NOT_FOUND if exc.status_code == 404 else errors.VALIDATION
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
+        err = ServeError(exc.status_code, error_type, message, code=code)
+        return error_response(err, is_openai(request.url.path))
 
     app = Starlette(
         routes=routes, lifespan=router.lifespan, exception_handlers={HTTPException: http_error}
     )
     app.state.router = router
-    return LimitsMiddleware(app, router)
+    outer = LimitsMiddleware(app, router)
+    if settings.api_key:
+        outer = AuthMiddleware(outer, settings.api_key)
+    outer = AccessLogMiddleware(outer)
+    outer.router = router  # what tests and the server reach through the wrapped app
+    return outer

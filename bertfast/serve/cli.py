@@ -35,6 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         timeout_keep_alive=args.timeout_keep_alive,
         max_connections=args.max_connections,
+        log_format=args.log_format,
+        api_key=args.api_key or os.environ.get("API_KEY") or None,
+        served_model_names=args.served_model_name,
     )
     return serve(settings)
 
@@ -51,6 +54,20 @@ def register(subparsers) -> None:
     )
     add_model_arguments(p, DEFAULT_MODEL)
     p.add_argument("--model-id", default=None, help="name reported by /info (default: dir name)")
+    p.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="names /v1/embeddings and /v1/models answer to; the first is reported "
+        "(default: the model id)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: the "
+        "API_KEY environment variable, which keeps the key out of the process list)",
+    )
     p.add_argument("--host", default=d.host, help=f"address to bind (default: {d.host})")
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port (printed)")
     p.add_argument(
@@ -135,6 +152,12 @@ def register(subparsers) -> None:
         "--log-level",
         default=d.log_level,
         choices=("critical", "error", "warning", "info"),
-        help="uvicorn's log level",
+        help=f"log level; info logs one access line a request (default: {d.log_level})",
+    )
+    p.add_argument(
+        "--log-format",
+        default=d.log_format,
+        choices=("text", "json"),
+        help="text lines, or one JSON object a line for log shippers (default: text)",
     )
     p.set_defaults(func=cmd_serve)

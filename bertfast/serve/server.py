@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -71,10 +72,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build_server(app, settings: ServeSettings, on_ready=None, on_signal=None) -> GracefulServer:
     """The uvicorn server for ``app`` with the settings' timeouts and connection bound."""
+    from bertfast.serve.logs import log_config
+
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=log_config(settings.log_level, settings.log_format),
+        access_log=False,  # the app logs each request itself (AccessLogMiddleware)
         lifespan="on",
         # Requests in progress get this long after a signal; then they are cancelled.
         timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
@@ -117,11 +121,17 @@ def serve(settings: ServeSettings) -> int:
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
 
+    def say(message: str) -> None:
+        # On stdout whatever the log level, so scripts can wait for it; a JSON object in json
+        # format, so a log shipper reads every line.
+        if settings.log_format == "json":
+            message = json.dumps({"level": "INFO", "target": "bertfast.serve", "message": message})
+        print(message, flush=True)
+
     def announce() -> None:
-        print(
+        say(
             f"{READY} http://{url_host}:{port} ({backend.kind} model {settings.model}, "
-            f"{backend.device}, {backend.backend_name} backend)",
-            flush=True,
+            f"{backend.device}, {backend.backend_name} backend)"
         )
 
     def draining() -> None:  # /health answers 503 from the signal on
@@ -133,5 +143,5 @@ def serve(settings: ServeSettings) -> int:
         print("bertfast serve: the server did not start", file=sys.stderr)
         return 1
     answered = app.router.answered
-    print(f"{STOPPED} {answered} inference requests answered", flush=True)
+    say(f"{STOPPED} {answered} inference requests answered")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bertfast.weights import DEFAULT_MODEL
 
@@ -29,7 +29,13 @@ class ServeSettings:
     tokenization_workers: int = 2
     cuda_graphs: str = "auto"  # auto (on for CUDA devices), on, off
     num_threads: int | None = None  # torch's intra-op threads (None: torch's default)
-    log_level: str = "warning"
+    log_level: str = "info"  # TEI's default: one access line a request
+    log_format: str = "text"  # text, or json (one object a line, for log shippers)
+    # Every route but /health needs ``Authorization: Bearer <api_key>``; kept out of repr()
+    # so it cannot reach a log line.
+    api_key: str | None = field(default=None, repr=False)
+    # Names /v1/embeddings and /v1/models answer to (None: the model id alone).
+    served_model_names: list[str] | None = None
     # Seconds from a request's headers to the last byte of its body; a slower upload is
     # answered 408, so a trickling client holds neither a connection nor shutdown for long.
     timeout_body: float = 30.0
@@ -68,5 +74,11 @@ class ServeSettings:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            raise ValueError("api_key must be non-empty, without surrounding whitespace")
+        if self.served_model_names is not None and not all(self.served_model_names):
+            raise ValueError("served_model_names cannot hold an empty name")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise ValueError(f"cuda_graphs must be auto, on or off, got {self.cuda_graphs!r}")

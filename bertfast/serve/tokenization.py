@@ -68,6 +68,26 @@ class Tokenization:
             raise errors.ServeError(422, errors.TOKENIZER, f"tokenization failed: {exc}") from exc
         return out  # type: ignore[return-value]
 
+    def encode_ids(
+        self,
+        rows: list[list[int]],
+        truncate: bool,
+        direction: str = "right",
+        prompt: str | None = None,
+    ) -> list[Encoded]:
+        """Inputs given as token ids (OpenAI's token-array ``input``): the ids of a text's
+        tokens without special tokens, wrapped in [CLS] ... [SEP] as tokenizing the text
+        would, after the prompt's tokens; the length limit and truncation are the text's."""
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        prefix: list[int] = []
+        if prompt:
+            prefix = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        out = []
+        for index, row in enumerate(rows):
+            ids = [cls_id, *prefix, *row, sep_id]
+            out.append(self._fit_single(index, ids, "", truncate, direction))
+        return out
+
     def _fit_single(
         self, index: int, ids: list[int], text: str, truncate: bool, direction: str
     ) -> Encoded:
