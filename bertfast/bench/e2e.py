@@ -15,7 +15,14 @@ import torch
 
 from bertfast.bench.runners import RUNNERS, Inputs, ModelSource, Runner, make_inputs
 from bertfast.bench.settings import DTYPES, VARLEN_FILL, BenchSettings, Case
-from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
+from bertfast.bench.stats import fraction_of_ceiling, ratio_summary
+from bertfast.bench.timing import (
+    Timing,
+    benchmark,
+    benchmark_interleaved,
+    empty_cache,
+    synchronize,
+)
 from bertfast.config import BertConfig
 
 # testing.md: a low-precision output may be 3x as far from the fp32 reference as HF's SDPA
@@ -83,6 +90,18 @@ def measure_row(
     settings: BenchSettings,
 ) -> tuple[Timing, float | None, float]:
     """(timing, max_abs_err of the first call's output, that first call's seconds)."""
+    err, first_call_s = first_call(runner, inputs, reference, device)
+    with torch.inference_mode():
+        n = len(inputs)
+        timing = benchmark(lambda i: runner(inputs[i % n]), device, settings.timer)
+    return timing, err, first_call_s
+
+
+def first_call(
+    runner: Runner, inputs: list[Inputs], reference: torch.Tensor, device: torch.device
+) -> tuple[float | None, float]:
+    """Start the case and make its first call (a compile, when the runner compiles): the
+    output's max_abs_err and the call's seconds."""
     runner.start_case()
     with torch.inference_mode():
         synchronize(device)
@@ -91,10 +110,7 @@ def measure_row(
         synchronize(device)
         first_call_s = time.perf_counter() - t0
         err = max_abs_err(out, reference, inputs[0].attention_mask)
-        del out
-        n = len(inputs)
-        timing = benchmark(lambda i: runner(inputs[i % n]), device, settings.timer)
-    return timing, err, first_call_s
+    return err, first_call_s
 
 
 def make_row(
@@ -108,12 +124,14 @@ def make_row(
     runner: Runner,
     first_call_s: float,
     ceilings: dict,
+    interleaved: bool = False,
 ) -> dict:
     tokens = sum(lengths)
     flops = model_flops(config, lengths)
     seconds = timing.median_ms * 1e-3
     ceiling = ceilings["matmul_tflops"].get(dtype)
     tflops = flops / seconds / 1e12
+    frac, ceiling_note = fraction_of_ceiling(tflops, ceiling)
     return {
         "backend": backend,
         "config": case.config,
@@ -128,10 +146,14 @@ def make_row(
         "p10_ms": timing.p10_ms,
         "p90_ms": timing.p90_ms,
         "repeats": timing.repeats,
+        **timing.row_fields(),
+        "interleaved": interleaved,
+        "samples_ms": [float(f"{t:.4g}") for t in timing.samples_ms],
         "tokens_per_s": tokens / seconds,
         "gflop": flops / 1e9,
         "tflops": tflops,
-        "frac_ceiling": tflops / ceiling if ceiling else None,
+        "frac_ceiling": frac,
+        "ceiling_note": ceiling_note,
         "floor_ms": flops / (ceiling * 1e12) * 1e3 if ceiling else None,
         "speedup_vs_hf_sdpa": None,
         "speedup_vs_padded": None,
@@ -140,6 +162,18 @@ def make_row(
         "within_rule": None,
         "compile_s": first_call_s if runner.compiles else None,
     }
+
+
+def speedup_interval(base: dict, row: dict) -> tuple[float | None, float | None]:
+    """The 95 % interval of base time / row time: from the per-round ratios when the two ran
+    interleaved (the same load in each round), else the ratio of their intervals' far ends."""
+    a, b = base.get("samples_ms") or [], row.get("samples_ms") or []
+    if base.get("interleaved") and row.get("interleaved") and a and len(a) == len(b):
+        s = ratio_summary(a, b)
+        return s.ci_low, s.ci_high
+    if None in (base.get("ci_low_ms"), row.get("ci_high_ms")):
+        return None, None
+    return base["ci_low_ms"] / row["ci_high_ms"], base["ci_high_ms"] / row["ci_low_ms"]
 
 
 def finish_rows(rows: list[dict]) -> None:
@@ -152,6 +186,7 @@ def finish_rows(rows: list[dict]) -> None:
         sdpa = by_key.get(("hf-sdpa", *shape))
         if sdpa is not None:
             r["speedup_vs_hf_sdpa"] = sdpa["median_ms"] / r["median_ms"]
+            r["speedup_ci_low"], r["speedup_ci_high"] = speedup_interval(sdpa, r)
             if r["max_abs_err"] is None:
                 r["within_rule"] = False
             elif sdpa["max_abs_err"] is not None:
@@ -206,6 +241,9 @@ def run_e2e(
             )
             reference = source.reference(inputs[0])
             for dtype in settings.dtypes:
+                where = dict(case=case.kind, batch=case.batch, seq=case.seq, dtype=dtype)
+                measured: dict[str, tuple] = {}
+                ready: dict[str, tuple[Runner, float | None, float]] = {}
                 for backend in active:
                     if backend.startswith("hf-compile") and settings.compile_cases is not None:
                         if case not in settings.compile_cases:
@@ -213,11 +251,17 @@ def run_e2e(
                     runner = _runner(runners, source, backend, dtype, skipped, log)
                     if runner is None:
                         continue
-                    where = dict(case=case.kind, batch=case.batch, seq=case.seq, dtype=dtype)
                     try:
-                        timing, err, first_s = measure_row(
-                            runner, inputs, reference, device, settings
-                        )
+                        if runner.compiles:
+                            # Timed right after its compile: the next compiling runner's
+                            # torch.compiler.reset() would make it compile again mid-rounds.
+                            timing, err, first_s = measure_row(
+                                runner, inputs, reference, device, settings
+                            )
+                            measured[backend] = (runner, timing, err, first_s, False)
+                        else:
+                            err, first_s = first_call(runner, inputs, reference, device)
+                            ready[backend] = (runner, err, first_s)
                     except NotImplementedError as exc:
                         # A missing kernel fails every case alike: say so once.
                         runners[backend, dtype] = None
@@ -231,6 +275,20 @@ def run_e2e(
                         skipped.append(skip_entry(backend, reason, config_name, **where))
                         log(f"skip {backend} {case.label} {dtype}: {reason}")
                         continue
+                # Every other backend of the case in rotating rounds: the same load for all.
+                fns = {b: _call_rotating(r, inputs) for b, (r, _, _) in ready.items()}
+                with torch.inference_mode():
+                    timings, failed = benchmark_interleaved(fns, device, settings.timer)
+                for backend, exc in failed.items():
+                    empty_cache(device)
+                    reason = describe_error(exc)
+                    skipped.append(skip_entry(backend, reason, config_name, **where))
+                    log(f"skip {backend} {case.label} {dtype}: {reason}")
+                for backend, timing in timings.items():
+                    runner, err, first_s = ready[backend]
+                    measured[backend] = (runner, timing, err, first_s, len(timings) > 1)
+                for backend in (b for b in active if b in measured):
+                    runner, timing, err, first_s, interleaved = measured[backend]
                     row = make_row(
                         backend,
                         case,
@@ -242,6 +300,7 @@ def run_e2e(
                         runner,
                         first_s,
                         ceilings,
+                        interleaved,
                     )
                     rows.append(row)
                     log(_progress(case, row))
@@ -272,11 +331,17 @@ def _runner(
     return runners[key]
 
 
+def _call_rotating(runner: Runner, inputs: list[Inputs]) -> Callable[[int], torch.Tensor]:
+    """``fn(i)``: the runner on input set ``i`` modulo their count."""
+    return lambda i: runner(inputs[i % len(inputs)])
+
+
 def _progress(case: Case, row: dict) -> str:
     err = "nan/inf" if row["max_abs_err"] is None else f"{row['max_abs_err']:.2e}"
     text = (
         f"{case.label} {row['dtype']} {row['backend']}: {row['median_ms']:.3f} ms "
-        f"(p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f}, n={row['repeats']}) err {err}"
+        f"(95 % CI [{row['ci_low_ms']:.3f}, {row['ci_high_ms']:.3f}], n={row['repeats']}"
+        f"{', NOISY' if row['noisy'] else ''}) err {err}"
     )
     if row["compile_s"] is not None:
         text += f", compile {row['compile_s']:.1f} s"

@@ -54,6 +54,7 @@ from bertfast import ops
 from bertfast.bench.e2e import describe_error, max_abs_err
 from bertfast.bench.runners import RUNNERS, fp32_reference_precision
 from bertfast.bench.settings import DTYPES, BenchSettings
+from bertfast.bench.stats import fraction_of_ceiling
 from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
 from bertfast.config import BertConfig
 
@@ -920,10 +921,9 @@ def kernel_row(
     gbps = case.bytes / seconds / 1e9
     tflops = case.flops / seconds / 1e12 if case.flops is not None else None
     if tflops is not None:
-        ceiling = ceilings["matmul_tflops"].get(dtype_name)
-        frac = tflops / ceiling if ceiling else None
+        frac, ceiling_note = fraction_of_ceiling(tflops, ceilings["matmul_tflops"].get(dtype_name))
     else:
-        frac = gbps / ceilings["copy_gbps"]
+        frac, ceiling_note = fraction_of_ceiling(gbps, ceilings["copy_gbps"])
     return {
         "op": case.op,
         "backend": cand.backend,
@@ -936,12 +936,14 @@ def kernel_row(
         "p10_ms": timing.p10_ms,
         "p90_ms": timing.p90_ms,
         "repeats": timing.repeats,
+        **timing.row_fields(),
         "bytes": case.bytes,
         "flops": case.flops,
         "gbps": gbps,
         "tflops": tflops,
         "metric": "TFLOP/s" if tflops is not None else "GB/s",
         "frac_ceiling": frac,
+        "ceiling_note": ceiling_note,
         "baseline": None,
         "speedup_vs_baseline": None,
         "max_abs_err": err,

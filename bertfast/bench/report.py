@@ -18,12 +18,16 @@ E2E_COLUMNS = [
     ("dtype", "dtype", "s"),
     ("fill", "fill", ".2f"),
     ("median_ms", "median ms", ".4g"),
+    ("ci_ms", "95 % CI ms", "ci"),
+    ("repeats", "n", "d"),
+    ("noisy", "noisy", "noisy"),
     ("p10_ms", "p10 ms", ".4g"),
     ("p90_ms", "p90 ms", ".4g"),
     ("tokens_per_s", "tokens/s", ",.0f"),
     ("tflops", "TFLOP/s", ".3g"),
     ("frac_ceiling", "of matmul ceiling", "%"),
     ("speedup_vs_hf_sdpa", "× hf-sdpa", ".2f"),
+    ("speedup_ci", "× hf-sdpa 95 % CI", "ci"),
     ("speedup_vs_padded", "× padded", ".2f"),
     ("max_abs_err", "max abs err", ".2e"),
     ("err_ratio", "err ratio", ".2f"),
@@ -38,6 +42,9 @@ KERNEL_COLUMNS = [
     ("seq", "seq", "d"),
     ("dtype", "dtype", "s"),
     ("median_ms", "median ms", ".4g"),
+    ("ci_ms", "95 % CI ms", "ci"),
+    ("repeats", "n", "d"),
+    ("noisy", "noisy", "noisy"),
     ("p10_ms", "p10 ms", ".4g"),
     ("p90_ms", "p90 ms", ".4g"),
     ("gbps", "GB/s", ".1f"),
@@ -61,6 +68,9 @@ TRAIN_COLUMNS = [
     ("seq", "seq", "d"),
     ("dtype", "dtype", "s"),
     ("median_ms", "ms/step", ".4g"),
+    ("ci_ms", "95 % CI ms", "ci"),
+    ("repeats", "n", "d"),
+    ("noisy", "noisy", "noisy"),
     ("p10_ms", "p10 ms", ".4g"),
     ("p90_ms", "p90 ms", ".4g"),
     ("speedup_vs_hf_eager", "× hf-eager", ".2f"),
@@ -110,7 +120,19 @@ def load_results(path: str | Path) -> dict:
     return data
 
 
+# Row fields behind the two-number cells: "95 % CI ms" and "× hf-sdpa 95 % CI".
+_INTERVALS = {
+    "ci_ms": ("ci_low_ms", "ci_high_ms"),
+    "speedup_ci": ("speedup_ci_low", "speedup_ci_high"),
+}
+
+
 def _cell(value, spec: str) -> str:
+    if spec == "noisy":
+        return "**noisy**" if value else ""
+    if spec == "ci":
+        low, high = value if value else (None, None)
+        return "–" if low is None or high is None else f"{low:.4g}–{high:.4g}"
     if value is None or value == "":
         return "–"
     if spec == "s":
@@ -128,8 +150,51 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
         "|" + "|".join("---" for _ in columns) + "|",
     ]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(key), spec) for key, _, spec in columns) + " |")
+        cells = []
+        for key, _, spec in columns:
+            value = tuple(r.get(k) for k in _INTERVALS[key]) if key in _INTERVALS else r.get(key)
+            cells.append(_cell(value, spec))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def machine_lines(results: dict) -> list[str]:
+    """The load before and after the run, its warning, and the ceilings' stability, as lines."""
+    lines = []
+    load = results.get("load_average") or {}
+    before, after = load.get("before"), load.get("after")
+    if before or after:
+        fmt = lambda v: "–" if not v else " / ".join(f"{x:.2f}" for x in v)  # noqa: E731
+        lines.append(f"Load average (1 / 5 / 15 min) before {fmt(before)}, after {fmt(after)}.")
+    if load.get("warning"):
+        lines.append(f"**Warning: {load['warning']}.**")
+    ceilings = results.get("ceilings", {})
+    if ceilings.get("unstable"):
+        lines.append(
+            "Ceilings whose readings never agreed within 3 % (best reading kept): "
+            + ", ".join(ceilings["unstable"])
+            + "."
+        )
+    beaten = [
+        r for key in ("rows", "kernel_rows", "kernel_backward_rows") for r in results.get(key, [])
+        if r.get("ceiling_note")
+    ]  # fmt: skip
+    if beaten:
+        lines.append(
+            f"{len(beaten)} row(s) beat the measured ceiling (it was measured low): their "
+            "fraction of it is left out rather than shown above 100 %."
+        )
+    noisy = sum(
+        1 for key in ("rows", "kernel_rows", "training_rows") for r in results.get(key, [])
+        if r.get("noisy")
+    )  # fmt: skip
+    if noisy:
+        lines.append(
+            f"{noisy} row(s) marked **noisy**: the 95 % interval of the median stayed wider than "
+            f"{100 * results.get('settings', {}).get('timer', {}).get('ci_width', 0.05):.0f} % "
+            "of it within the time cap; compare them only through their intervals."
+        )
+    return [line + "\n" for line in lines]
 
 
 def _where(entry: dict) -> str:
@@ -160,6 +225,7 @@ def render_markdown(results: dict) -> str:
         "",
         _settings_line(results.get("settings", {})),
         "",
+        *machine_lines(results),
     ]
     if results["rows"] or not results.get("training_rows"):
         lines += [
@@ -278,7 +344,11 @@ def _settings_line(settings: dict) -> str:
         f"{', '.join(settings.get('backends', []))}; median of repeats filling "
         f"{timer.get('rep_ms', '?')} ms after {timer.get('warmup', '?')} warm-up calls, "
         f"{timer.get('n_inputs', '?')} input sets rotated"
-        + (", L2 flushed before each call." if timer.get("flush_l2") else ".")
+        + (", L2 flushed before each call" if timer.get("flush_l2") else "")
+        + f"; repeated until the median's 95 % interval is within "
+        f"{100 * timer.get('ci_width', 0.05):.0f} % of it or the time cap (4x) is hit; the "
+        "end-to-end backends of a case run interleaved (one call each per rotating round), "
+        "compiled ones right after their compile."
     )
 
 
@@ -292,14 +362,28 @@ def _case_label(r: dict) -> str:
 
 
 def _bars(
-    ax, labels: list[str], series: dict[str, list[float]], ylabel: str, fmt: str = "{:.2f}"
+    ax,
+    labels: list[str],
+    series: dict[str, list[float]],
+    ylabel: str,
+    fmt: str = "{:.2f}",
+    intervals: dict[str, list[tuple[float, float] | None]] | None = None,
 ) -> None:
-    """Grouped bars, each with its value on top; the legend outside the axes, right of them."""
+    """Grouped bars, each with its value on top and, where ``intervals`` has one, its 95 %
+    interval as an error bar; the legend outside the axes, right of them."""
     width = 0.8 / max(len(series), 1)
     vertical = len(labels) * len(series) > 12  # many narrow bars: turn their labels
     for j, (name, values) in enumerate(series.items()):
         offset = (j - (len(series) - 1) / 2) * width
-        bars = ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
+        yerr = _yerr(values, (intervals or {}).get(name))
+        bars = ax.bar(
+            [i + offset for i in range(len(labels))],
+            values,
+            width,
+            label=name,
+            yerr=yerr,
+            error_kw={"elinewidth": 0.8, "capsize": 2},
+        )
         texts = ["" if math.isnan(v) else fmt.format(v) for v in values]
         ax.bar_label(
             bars,
@@ -316,6 +400,21 @@ def _bars(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
+def _yerr(values: list[float], spans: list[tuple[float, float] | None] | None):
+    """matplotlib's (2, n) below / above errors from intervals (zero where none), or None."""
+    if not spans or all(span is None for span in spans):
+        return None
+    below, above = [], []
+    for v, span in zip(values, spans, strict=True):
+        if span is None or math.isnan(v) or span[0] is None or span[1] is None:
+            below.append(0.0)
+            above.append(0.0)
+        else:
+            below.append(max(v - span[0], 0.0))
+            above.append(max(span[1] - v, 0.0))
+    return [below, above]
+
+
 def _top(series: dict[str, list[float]]) -> float:
     finite = [v for values in series.values() for v in values if not math.isnan(v)]
     return max(finite, default=1.0) or 1.0
@@ -324,6 +423,17 @@ def _top(series: dict[str, list[float]]) -> float:
 def _wrapped(text: str, fig_width_in: float, fontsize: float) -> str:
     """``text`` broken into lines that fit the figure's width (at most 0.75 em a character)."""
     return textwrap.fill(text, width=max(20, int(fig_width_in * 72 / (0.75 * fontsize))))
+
+
+def _row_interval(r: dict, key: str) -> tuple[float, float] | None:
+    """The 95 % interval of a plotted value: the speedup's own, or a rate's from the time's."""
+    if key == "speedup_vs_hf_sdpa":
+        low, high = r.get("speedup_ci_low"), r.get("speedup_ci_high")
+        return None if low is None else (low, high)
+    value, low, high = r.get(key), r.get("ci_low_ms"), r.get("ci_high_ms")
+    if value is None or low is None or not low:
+        return None
+    return value * r["median_ms"] / high, value * r["median_ms"] / low  # rate ~ 1 / time
 
 
 def _e2e_figure(
@@ -349,7 +459,12 @@ def _e2e_figure(
             b: [math.nan if value.get((b, c)) is None else value[b, c] for c in labels]
             for b in backends
         }
-        _bars(ax, labels, series, ylabel, fmt)
+        by_label = {(r["backend"], _case_label(r)): r for r in rows if r["dtype"] == dtype}
+        intervals = {
+            b: [_row_interval(by_label[b, c], key) if (b, c) in by_label else None for c in labels]
+            for b in backends
+        }
+        _bars(ax, labels, series, ylabel, fmt, intervals)
         if hline is not None:
             ax.axhline(hline, color="black", linewidth=0.8)
         ax.set_title(dtype, fontsize=10)

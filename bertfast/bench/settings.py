@@ -96,6 +96,9 @@ class TimerSettings:
     max_reps: int
     n_inputs: int  # distinct input sets cycled through, so caches do not flatter
     flush_l2: bool  # zero a 256 MiB buffer before each timed call (GPU only)
+    # The median's 95 % interval must be within this fraction of it, else more repeats are
+    # taken (up to timing.CAP_FACTOR x rep_ms) and a row still wider is marked noisy.
+    ci_width: float = 0.05
 
 
 @dataclass

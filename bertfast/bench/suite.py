@@ -22,6 +22,7 @@ from bertfast.bench.e2e import run_e2e
 from bertfast.bench.kernels import run_kernel_backwards, run_kernels
 from bertfast.bench.report import plot_results, render_markdown, write_json
 from bertfast.bench.settings import BenchSettings
+from bertfast.bench.stats import load_average, load_warning
 from bertfast.bench.timing import measure_ceilings
 from bertfast.bench.training import run_training
 
@@ -136,6 +137,7 @@ def run_suite(
     dtypes = list(settings.dtypes)
     if settings.train_cases and settings.train_precision not in dtypes:
         dtypes.append(settings.train_precision)  # the training rows' fraction of the ceiling
+    load_before = load_average()
     ceilings = measure_ceilings(device, dtypes, settings.timer, log)
     rows, skipped = run_e2e(settings, ceilings, log) if settings.cases else ([], [])
     kernel_rows, kernel_skipped = run_kernels(settings, ceilings, log)
@@ -150,6 +152,11 @@ def run_suite(
         skipped=skipped + kernel_skipped + backward_skipped + training_skipped,
         elapsed_s=time.perf_counter() - started,
     )
+    load_after = load_average()
+    warning = load_warning(load_before, load_after)
+    results["load_average"] = {"before": load_before, "after": load_after, "warning": warning}
+    if warning:
+        log(f"warning: {warning}")
     # The model's estimate of the GPU time: every card it knows on a machine without a GPU,
     # the run's own card (with the measured rows beside it) on one.
     card = gpu_model.card_for(results["device"]["name"]) if device.type == "cuda" else None

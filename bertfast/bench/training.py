@@ -45,6 +45,7 @@ from bertfast.bench.e2e import (
 )
 from bertfast.bench.runners import ModelSource, fp32_reference_precision, make_inputs
 from bertfast.bench.settings import VARLEN_FILL, BenchSettings, Case, TrainCase
+from bertfast.bench.stats import fraction_of_ceiling
 from bertfast.bench.timing import Timing, _flush_buffer, benchmark, empty_cache, synchronize
 from bertfast.config import BertConfig
 from bertfast.weights import bertfast_to_hf
@@ -506,10 +507,11 @@ def make_training_row(
         "p10_ms": timing.p10_ms,
         "p90_ms": timing.p90_ms,
         "repeats": timing.repeats,
+        **timing.row_fields(),
         "tokens_per_s": tokens / seconds,
         "gflop": flops / 1e9,
         "tflops": tflops,
-        "frac_ceiling": tflops / ceiling if ceiling else None,
+        "frac_ceiling": fraction_of_ceiling(tflops, ceiling)[0],
         "peak_mib": measured.peak_mib,
         "speedup_vs_hf_eager": None,
         "peak_ratio_vs_hf_eager": None,
