@@ -188,7 +188,10 @@ def short_sentence_latency(url: str, inproc: InProcess, repeats: int, rounds: in
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     from bertfast.serve.server import READY
 
-    cmd = [sys.executable, "-m", "bertfast", "serve", "--model", model, "--port", "0", *extra]
+    # Warnings only: the server logs a line a request at info, and nothing reads the pipe
+    # after the ready line (a full pipe would stall the server).
+    cmd = [sys.executable, "-m", "bertfast", "serve", "--model", model, "--port", "0",
+           "--log-level", "warning", *extra]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
     )

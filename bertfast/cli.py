@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import math
+import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
 import bertfast
+from bertfast.model_dirs import MINILM_NAMES
 from bertfast.weights import DEFAULT_MODEL
 
 # Modules that add subcommands through ``register(subparsers)``.
@@ -46,13 +51,110 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return f"{text} (default: %(default)s)"
         return text
 
+    def _format_text(self, text: str) -> str:
+        # argparse %-formats a description only when it holds "%(prog)", so a "%%" written as
+        # in help strings would print doubled; here it prints "%" either way.
+        if "%(prog)" not in text:
+            text = text.replace("%%", "%")
+        return super()._format_text(text)
+
+
+# What argparse takes for a negative number rather than an option.
+_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def did_you_mean(given: str, known: Sequence[str]) -> str | None:
+    """The entry of ``known`` closest to a misspelled ``given``, if one is close."""
+    close = difflib.get_close_matches(given, list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
 
 class ArgumentParser(argparse.ArgumentParser):
-    """The bertfast parsers: every subcommand gets HelpFormatter unless it asks for another."""
+    """The bertfast parsers: every subcommand gets HelpFormatter unless it asks for another; an
+    unknown option or a bad choice is answered with the nearest valid one."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def parse_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized(extras))
+        return namespace
+
+    def unrecognized(self, extras: Sequence[str]) -> str:
+        """argparse's message for arguments nobody took, with a suggestion for each option."""
+        options = [o for action in self._actions for o in action.option_strings]
+        hints = []
+        for arg in extras:
+            if arg.startswith("-"):
+                name = arg.split("=", 1)[0]
+                match = did_you_mean(name, options)
+                if match:
+                    hints.append((name, match))
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        if len(hints) == 1:
+            return f"{message}; did you mean {hints[0][1]}?"
+        if hints:
+            return f"{message}; did you mean " + ", ".join(f"{m} for {n}" for n, m in hints) + "?"
+        return message
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        # argparse's "invalid choice" check (a private hook, stable since 3.2), plus the
+        # nearest choice: "bertfast embedd" -> did you mean 'embed'?
+        if action.choices is None or value in action.choices:
+            return
+        choices = ", ".join(repr(c) for c in action.choices)
+        message = f"invalid choice: {value!r} (choose from {choices})"
+        match = did_you_mean(str(value), [str(c) for c in action.choices])
+        if match:
+            message += f"; did you mean {match!r}?"
+        raise argparse.ArgumentError(action, message)
+
+
+class SubcommandParser(ArgumentParser):
+    """A subcommand's parser. An argument it does not know is its own error, shown with its own
+    usage: argparse hands it up to the top-level parser, whose usage says nothing about it."""
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._arg_strings = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized(extras))
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        # argparse reports a missing required option before the unknown ones, so "--trian"
+        # would read as "--train is required": the misspelling comes first.
+        unknown = self.unknown_options(getattr(self, "_arg_strings", []))
+        if unknown and not message.startswith("unrecognized arguments"):
+            message = f"{self.unrecognized(unknown)} (and {message})"
+        super().error(message)
+
+    def unknown_options(self, arg_strings: Sequence[str]) -> list[str]:
+        """The arguments that look like options but name none of this parser's (nor a prefix of
+        one, which argparse accepts)."""
+        known = [o for action in self._actions for o in action.option_strings]
+        unknown = []
+        for arg in arg_strings:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or _NUMBER.match(arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name in known or (
+                self.allow_abbrev
+                and name.startswith("--")
+                and any(o.startswith(name) for o in known)
+            ):
+                continue
+            unknown.append(name)
+        return unknown
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
@@ -317,7 +419,7 @@ def _report_non_finite(bad_rows: list[int]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="bertfast", description="Fast, faithful BERT.")
     parser.add_argument("--version", action="version", version=f"bertfast {bertfast.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubcommandParser)
 
     info = sub.add_parser("info", help="versions, devices and which backends can run here")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -348,13 +450,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_model_names(args: argparse.Namespace) -> None:
+    """A --model / --tokenizer that is neither a path nor the bundled model's name, but close to
+    that name (all-minilm-l6-v2, all-MiniLM-L6v2 ...): say which name was meant."""
+    for option in ("model", "tokenizer"):
+        value = getattr(args, option, None)
+        if not isinstance(value, str) or value in MINILM_NAMES or os.path.exists(value):
+            continue
+        by_lower = {name.lower(): name for name in MINILM_NAMES}
+        match = did_you_mean(value.lower(), list(by_lower))
+        if match:
+            raise FileNotFoundError(
+                f"--{option} {value!r} is neither a directory nor the bundled model's name; "
+                f"did you mean {by_lower[match]!r}?"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # as argparse answers a missing argument: usage, exit status 2
+        parser.print_help(sys.stderr)
+        print(
+            "\nbertfast: error: give a command (bertfast COMMAND --help for its options)",
+            file=sys.stderr,
+        )
+        return 2
     try:
+        check_model_names(args)
         if hasattr(args, "backend") and hasattr(args, "dtype"):
             args.device = resolve_model_options(args)
         return int(args.func(args) or 0)

@@ -72,12 +72,15 @@ def run_main(argv, capsys):
     return code, captured.out, captured.err
 
 
-def test_no_command_prints_the_help():
-    result = run_cli()
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: bertfast")
+def test_no_command_prints_the_usage_to_stderr_and_exits_2():
+    result = run_cli()  # python -m bertfast, as argparse answers a missing argument
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: bertfast")
     for command in ("info", "embed", "fill-mask", "qa", "bench"):
-        assert f"    {command}" in result.stdout
+        assert f"    {command}" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "bertfast: error: give a command (bertfast COMMAND --help for its options)"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

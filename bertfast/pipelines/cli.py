@@ -1,7 +1,7 @@
 """Task subcommands of the ``bertfast`` command: fill-mask, nsp, classify, ner, qa.
 
 Every task needs head weights that the bundled all-MiniLM-L6-v2 (a bare encoder) lacks, so
-``--model`` (a local Hugging Face checkpoint directory with the head) is required.
+``--model`` (a local checkpoint directory with the head) is required.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from bertfast.pipelines import pipeline
 from bertfast.pipelines.token_classification import AGGREGATION_STRATEGIES
 
 MODEL_NOTE = (
-    "--model is a local checkpoint directory saved from the matching transformers class "
-    "(the bundled all-MiniLM-L6-v2 has no task heads)"
+    "--model is a local checkpoint directory with the task's head: saved from the matching "
+    "transformers class, or written by bertfast finetune (classify, ner, qa) or bertfast "
+    "pretrain (fill-mask, nsp). The bundled all-MiniLM-L6-v2 has no task heads; the README's "
+    "'Heads and pipelines' shows how to make one on this machine"
 )
 
 
@@ -34,6 +36,7 @@ def _load(task: str, args: argparse.Namespace, **kwargs: Any):
         backend=args.backend,
         device=default_device(args.device),
         dtype=parse_dtype(args.dtype),
+        quantize=args.quantize,
         **kwargs,
     )
 
