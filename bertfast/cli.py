@@ -37,6 +37,7 @@ USER_ERRORS = (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QUANTIZE_CHOICES = ("int8",)  # bertfast.cpu_quantize.QUANTIZE_MODES, without importing it
 BACKEND_CHOICES = ("auto", "torch", "triton", "cuda")
 
 
@@ -191,8 +192,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
         "--dtype",
         default=None,
         choices=sorted(DTYPES),
-        help="weights and activations (default: fp32); fp16 and bf16 are for GPUs, "
-        "the CPU runs them slowly",
+        help="weights and activations (default: fp32); on the CPU bf16 runs where it has "
+        "AVX-512 BF16 or AMX (refused elsewhere) and fp16 runs slowly",
+    )
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="int8: the encoder layers' GEMMs in int8 on the CPU (weights per output channel, "
+        "activations per token; fp32 everywhere else) (default: none)",
     )
 
 
@@ -252,6 +260,11 @@ def check_dtype(name: str | None, device: torch.device) -> None:
     if name is None or name == "fp32":
         return
     dtype = DTYPES[name]
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        from bertfast.cpu_linear import check_cpu_dtype
+
+        check_cpu_dtype(dtype, device)  # native bf16 or a refusal saying what is missing
+        return
     if device.type == "cuda" and dtype == torch.bfloat16:
         if not torch.cuda.is_bf16_supported(including_emulation=False):
             major, minor = torch.cuda.get_device_capability(device)
@@ -277,11 +290,15 @@ def resolve_model_options(args: argparse.Namespace) -> str:
     device = check_device(default_device(args.device))
     check_backend(args.backend, device)
     check_dtype(args.dtype, device)
-    if args.dtype in ("fp16", "bf16") and device.type == "cpu":
+    if getattr(args, "quantize", None) is not None:
+        from bertfast.cpu_quantize import check_quantize
+
+        check_quantize(args.quantize, parse_dtype(args.dtype), device)
+    if args.dtype == "fp16" and device.type == "cpu":
         backend = bertfast.resolve_backend(args.backend, device)
         print(
-            f"bertfast {args.command}: running {args.dtype} on the {backend} backend on cpu "
-            "(slower than fp32 there: CPUs have no fast half-precision matmul)",
+            f"bertfast {args.command}: running fp16 on the {backend} backend on cpu "
+            "(slower than fp32 there: CPUs have no fast fp16 matmul)",
             file=sys.stderr,
         )
     return str(device)
@@ -350,9 +367,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         dtype=parse_dtype(args.dtype),
+        quantize=args.quantize,
     )
     dtype = next(encoder.model.parameters()).dtype
     dtype_name = next((k for k, v in DTYPES.items() if v == dtype), str(dtype))
+    if args.quantize:
+        dtype_name = f"{args.quantize} GEMMs, {dtype_name} elsewhere"
     ran = f"{encoder.model.backend} backend, {dtype_name}, {encoder.device}"
     vectors = encoder.encode(texts, batch_size=args.batch_size, convert_to_tensor=True)
     bad_rows = (~torch.isfinite(vectors).all(dim=1)).nonzero().flatten().tolist()

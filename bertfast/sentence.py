@@ -685,13 +685,23 @@ class SentenceEncoder:
         default_prompt_name: str | None = None,
         similarity_fn_name: str | None = None,
         truncate_dim: int | None = None,
+        quantize: str | None = None,
     ) -> SentenceEncoder:
         """Load a sentence-transformers directory (modules.json) or a bare BERT one.
 
         ``prompts`` are added to the directory's (a name given here wins); ``default_prompt_name``
-        and ``similarity_fn_name`` given here replace the directory's."""
+        and ``similarity_fn_name`` given here replace the directory's. On the CPU, bf16 needs
+        native bf16 (AVX-512 BF16 or AMX; refused elsewhere) and ``quantize="int8"`` runs the
+        encoder's GEMMs in int8 (``bertfast.cpu_quantize``)."""
         model, tokenizer, settings = _load(
-            name_or_path, backend, device, dtype, prompts, default_prompt_name, similarity_fn_name
+            name_or_path,
+            backend,
+            device,
+            dtype,
+            prompts,
+            default_prompt_name,
+            similarity_fn_name,
+            quantize,
         )
         encoder = cls.__new__(cls)  # SentenceTransformer's own constructor loads by name
         SentenceEncoder.__init__(encoder, model, tokenizer, truncate_dim=truncate_dim, **settings)
@@ -961,10 +971,16 @@ def _load(
     prompts: dict[str, str] | None,
     default_prompt_name: str | None,
     similarity_fn_name: str | None,
+    quantize: str | None = None,
 ) -> tuple[BertModel, BertTokenizer, dict[str, Any]]:
     """The encoder, tokenizer and SentenceEncoder settings a model directory describes."""
+    from bertfast.cpu_linear import check_cpu_dtype
+
+    check_cpu_dtype(dtype, device or "cpu")  # bf16 on a CPU that would only emulate it
     spec = SentenceTransformersDir.read(resolve_model_dir(name_or_path))
-    model = BertModel.from_pretrained(spec.encoder_dir, backend=backend, dtype=dtype, device=device)
+    model = BertModel.from_pretrained(
+        spec.encoder_dir, backend=backend, dtype=dtype, device=device, quantize=quantize
+    )
     tokenizer = BertTokenizer.from_pretrained(spec.encoder_dir)
     if spec.do_lower_case:
         tokenizer.lowercase_inputs()

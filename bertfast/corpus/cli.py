@@ -135,6 +135,7 @@ def run_corpus(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         normalize=args.normalize,
         dtype=parse_dtype(args.dtype),
+        quantize=args.quantize,
         output_dtype=args.output_dtype,
         device=args.device,
         backend=args.backend,

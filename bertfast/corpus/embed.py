@@ -94,6 +94,7 @@ class EmbedOptions:
     max_length: int | None = None
     normalize: bool | None = None  # None: as the model directory says
     dtype: torch.dtype | None = None  # the model's compute dtype (None: fp32)
+    quantize: str | None = None  # "int8": the encoder's GEMMs in int8 (CPU)
     output_dtype: str = "float32"
     device: str | None = None
     backend: str = "auto"
@@ -375,7 +376,11 @@ class CorpusEmbedder:
         if self.dist.world > 1 and device in (None, "cuda") and torch.cuda.is_available():
             device = f"cuda:{self.dist.local_rank}"  # one GPU a rank
         self.encoder = encoder or SentenceEncoder.from_pretrained(
-            options.model, backend=options.backend, device=device, dtype=options.dtype
+            options.model,
+            backend=options.backend,
+            device=device,
+            dtype=options.dtype,
+            quantize=options.quantize,
         )
         limit = self.encoder.model.config.max_position_embeddings
         if options.max_length is not None and options.max_length > limit:

@@ -78,9 +78,16 @@ class Pipeline:
         device: torch.device | str | None = None,
         tokenizer: BertTokenizer | str | os.PathLike | None = None,
         dtype: torch.dtype | None = None,
+        quantize: str | None = None,
         **kwargs: Any,
     ) -> Pipeline:
-        """Load the head from a local checkpoint directory and the tokenizer beside it."""
+        """Load the head from a local checkpoint directory and the tokenizer beside it;
+        on the CPU, ``quantize="int8"`` runs the encoder's GEMMs in int8 (bertfast.cpu_quantize)
+        and bf16 needs a CPU with native bf16."""
+        from bertfast import cpu_linear, cpu_quantize
+
+        cpu_linear.check_cpu_dtype(dtype, device or "cpu")
+        cpu_quantize.check_quantize(quantize, dtype, device)
         if isinstance(model, BertPreTrainedHead):
             if tokenizer is None:
                 raise ValueError("pass tokenizer= (a BertTokenizer or its directory) with a model")
@@ -96,6 +103,8 @@ class Pipeline:
             )
         if not isinstance(tokenizer, BertTokenizer):
             tokenizer = BertTokenizer.from_pretrained(tokenizer)
+        if quantize is not None:
+            cpu_quantize.quantize_(head, quantize)
         return cls(head, tokenizer, **kwargs)
 
     @property

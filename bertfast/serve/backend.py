@@ -240,22 +240,30 @@ def load_backend(
     dtype: torch.dtype | None = None,
     backend: str = "auto",
     cuda_graphs: str = "auto",
+    quantize: str | None = None,
 ) -> ModelBackend:
-    """The backend for a local model directory (or the bundled MiniLM's name), warmed up."""
+    """The backend for a local model directory (or the bundled MiniLM's name), warmed up;
+    ``quantize="int8"``: the encoder's GEMMs in int8 on the CPU."""
     from bertfast.tokenizer import BertTokenizer
 
     model_dir = resolve_model_dir(model)
     if "BertForSequenceClassification" in _architectures(model_dir):
+        from bertfast.cpu_quantize import check_quantize, quantize_
         from bertfast.heads import BertForSequenceClassification
 
+        check_quantize(quantize, dtype, device)
         head = BertForSequenceClassification.from_pretrained(model_dir, backend, dtype, device)
+        if quantize is not None:
+            quantize_(head, quantize)
         loaded: ModelBackend = ClassifierBackend(
             head, BertTokenizer.from_pretrained(model_dir), cuda_graphs
         )
     else:
         from bertfast.sentence import SentenceEncoder
 
-        encoder = SentenceEncoder.from_pretrained(model_dir, backend, device, dtype)
+        encoder = SentenceEncoder.from_pretrained(
+            model_dir, backend, device, dtype, quantize=quantize
+        )
         encoder.model.eval()
         loaded = EmbeddingBackend(encoder, cuda_graphs)
     loaded.warmup()

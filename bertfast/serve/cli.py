@@ -20,6 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         device=default_device(args.device),
         dtype=args.dtype,
+        quantize=args.quantize,
         backend=args.backend,
         max_concurrent_requests=args.max_concurrent_requests,
         max_batch_tokens=args.max_batch_tokens,

@@ -115,6 +115,7 @@ def serve(settings: ServeSettings) -> int:
         device=settings.device,
         dtype=dtypes[settings.dtype],
         backend=settings.backend,
+        quantize=settings.quantize,
         cuda_graphs=settings.cuda_graphs,
     )
     app = build_app(backend, settings)

@@ -19,6 +19,7 @@ class ServeSettings:
     port: int = 8080
     device: str = "cpu"
     dtype: str | None = None  # fp32, fp16, bf16 (None: fp32)
+    quantize: str | None = None  # int8: the encoder's GEMMs in int8 (CPU)
     backend: str = "auto"
     max_concurrent_requests: int = 512
     max_batch_tokens: int = 16384
