@@ -846,7 +846,8 @@ class SentenceEncoder:
         - ``output_value="token_embeddings"``: a list of (tokens, hidden) tensors, the encoder's
           output for each text's real tokens; ``None``: a list of dicts holding the batch's
           ``input_ids``, ``token_type_ids``, ``attention_mask``, ``token_embeddings`` (padded
-          to the batch) and ``sentence_embedding``. Neither is converted to numpy or stacked.
+          to the batch), ``sentence_embedding`` and, with a prompt, ``prompt_length`` (its
+          tokens, CLS included). Neither is converted to numpy or stacked.
         - ``precision``: float32, or int8 / uint8 / binary / ubinary as ``quantize_embeddings``
           computes them, int8 and uint8 calibrated on this call's embeddings (a single text
           cannot be: quantize float32 output with ``quantize_embeddings(..., ranges=...)``).
@@ -911,7 +912,11 @@ class SentenceEncoder:
                     )
                 )
             elif output_value is None:
-                chunks.extend({k: v[i] for k, v in features.items()} for i in range(len(batch)))
+                for i in range(len(batch)):
+                    item = {k: v[i] for k, v in features.items()}
+                    if prompt_length is not None:
+                        item["prompt_length"] = prompt_length
+                    chunks.append(item)
             else:
                 vectors = features["sentence_embedding"]
                 if normalize_embeddings:
