@@ -758,6 +758,10 @@ class SentenceEncoder:
         """The width of encode's vectors (``truncate_dim`` when set, as sentence-transformers)."""
         return self.truncate_dim or self._full_dimension()
 
+    def get_embedding_dimension(self) -> int:
+        """sentence-transformers 6's name for ``get_sentence_embedding_dimension``."""
+        return self.get_sentence_embedding_dimension()
+
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """(n, m) scores of every row of ``embeddings1`` against every row of ``embeddings2``
         (tensors, numpy arrays or lists of either; a 1-D input is one row) with

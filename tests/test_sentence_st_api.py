@@ -278,6 +278,7 @@ def test_truncate_dim_equals_sentence_transformers(ours, theirs):
     theirs.truncate_dim = 32
     try:
         assert truncated.get_sentence_embedding_dimension() == 32
+        assert truncated.get_embedding_dimension() == 32
         assert theirs.get_embedding_dimension() == 32
         expected = theirs.encode(TEXTS, prompt="", convert_to_tensor=True)
         got = truncated.encode(TEXTS, convert_to_tensor=True)
