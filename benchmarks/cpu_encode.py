@@ -1,41 +1,103 @@
-"""Sentence encoding on the CPU: bertfast's SentenceEncoder against sentence-transformers.
+"""Sentence encoding on the CPU: bertfast's SentenceEncoder in fp32, int8 and bf16 (where the
+CPU has native bf16) against sentence-transformers (torch, fp32), in one process.
 
-Same process, same model (the bundled all-MiniLM-L6-v2), same texts, batch size and threads;
-the two are timed alternately (``--rounds`` each) so machine load hits both alike; the best
-run of each is the figure of record (a shared machine's load only ever adds time), the
-median is reported beside it. Texts are
-generated from the model's vocabulary with a spread of lengths (short sentences by default).
-Writes results.json and results.md to ``--output``.
+Same model (the bundled all-MiniLM-L6-v2), texts, batch size and threads. Two measurements,
+each with the engines interleaved (one call each per rotating round, ``bertfast.bench.stats``)
+until every median's 95 % interval is within ``--ci-width`` of it or the time cap is hit:
+seconds to encode ``--texts`` mixed-length texts at ``--batch-size``, and the latency of one
+~10-word sentence at batch 1 (where ``torch.compile`` of the fp32 model, inductor's C++ /
+oneDNN path with frozen weights, runs too unless ``--no-compile``). Ratios come with the
+interval of the per-round ratios. Accuracy: min cosine of each engine's vectors against
+sentence-transformers'. The CPU model, its ISA flags and the load average before and after
+are recorded; a warning is printed when the load was high.
+
 Usage: python benchmarks/cpu_encode.py [--texts 1000] [--batch-size 32] [--threads 2]
+Writes results.json and results.md to --output (default benchmarks/results/cpu-encode).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import random
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_common import (  # noqa: E402
+    LATENCY_TEXT,
+    cpu_info,
+    format_interval,
+    isa_line,
+    load_lines,
+    make_texts,
+    write_results,
+)
 
-def make_texts(vocab: list[str], count: int, min_words: int, max_words: int, seed: int):
-    rng = random.Random(seed)
-    words = [w for w in vocab if w.isalpha() and len(w) > 2]
-    return [
-        " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
-        for _ in range(count)
-    ]
+REFERENCE = "sentence-transformers fp32"
 
 
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def build_engines(batch_size: int, compile_latency: bool, log) -> tuple[dict, dict, dict]:
+    """name -> encoder for throughput and for batch 1, and name -> why it was skipped."""
+    import torch._inductor.config as inductor_config
+    from sentence_transformers import SentenceTransformer
+
+    from bertfast import cpu_linear, cpu_quantize
+    from bertfast.model_dirs import resolve_model_dir
+    from bertfast.sentence import SentenceEncoder
+
+    path = resolve_model_dir("all-MiniLM-L6-v2")
+    engines = {
+        REFERENCE: SentenceTransformer(str(path), device="cpu"),
+        "bertfast fp32": SentenceEncoder.from_pretrained(path),
+    }
+    skipped = {}
+    reason = cpu_quantize.int8_unsupported_reason()
+    if reason is None:
+        engines["bertfast int8"] = SentenceEncoder.from_pretrained(path, quantize="int8")
+    else:
+        skipped["bertfast int8"] = reason
+    reason = cpu_linear.bf16_unsupported_reason()
+    if reason is None:
+        engines["bertfast bf16"] = SentenceEncoder.from_pretrained(path, dtype=torch.bfloat16)
+    else:
+        skipped["bertfast bf16"] = reason
+    latency = dict(engines)
+    if compile_latency:
+        fp32 = engines["bertfast fp32"]
+        inductor_config.freezing = True  # inductor packs the frozen weights for oneDNN itself
+        compiled = SentenceEncoder(
+            torch.compile(fp32.model, dynamic=False),
+            fp32.tokenizer,
+            max_seq_length=fp32.max_seq_length,
+            modules=fp32.modules,
+        )
+        t0 = time.perf_counter()
+        compiled.encode([LATENCY_TEXT], batch_size=1)
+        log(f"torch.compile of the fp32 model: first call {time.perf_counter() - t0:.1f} s")
+        latency["bertfast fp32 + torch.compile"] = compiled
+    return engines, latency, skipped
+
+
+def summaries(samples: dict[str, list[float]], ci_width: float) -> dict[str, dict]:
+    from bertfast.bench.stats import summarise
+
+    return {name: summarise(times, ci_width).to_dict() for name, times in samples.items()}
+
+
+def ratios(samples: dict[str, list[float]], base: str, ci_width: float) -> dict[str, dict]:
+    """base's time over each engine's, per round (>1: the engine is faster than base)."""
+    from bertfast.bench.stats import ratio_summary
+
+    if base not in samples:
+        return {}
+    return {
+        name: ratio_summary(samples[base], times, ci_width).to_dict()
+        for name, times in samples.items()
+        if name != base
+    }
 
 
 def main() -> None:
@@ -43,82 +105,153 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1000, help="texts to encode (default 1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each (default 3)")
-    parser.add_argument("--min-words", type=int, default=4, help="shortest text (default 4)")
-    parser.add_argument("--max-words", type=int, default=24, help="longest text (default 24)")
+    parser.add_argument(
+        "--ci-width", type=float, default=0.03, help="target 95 %% interval / median (0.03)"
+    )
+    parser.add_argument(
+        "--time-cap", type=float, default=150.0, help="seconds for the throughput rounds (150)"
+    )
+    parser.add_argument(
+        "--latency-cap", type=float, default=45.0, help="seconds for the batch-1 rounds (45)"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="no torch.compile candidate")
     parser.add_argument("--output", default="benchmarks/results/cpu-encode", help="results folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from sentence_transformers import SentenceTransformer
+    from bertfast.bench.stats import load_average, load_warning, run_interleaved
 
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    load_before = load_average()
+    engines, latency, skipped = build_engines(args.batch_size, not args.no_compile, log)
     from bertfast.model_dirs import resolve_model_dir
-    from bertfast.sentence import SentenceEncoder
 
-    path = resolve_model_dir("all-MiniLM-L6-v2")
-    ours = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
-    theirs = SentenceTransformer(str(path), device="cpu")
-    vocab = (Path(path) / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    texts = make_texts(vocab, args.texts, args.min_words, args.max_words, seed=0)
-    tokens = sum(len(ids) for ids in theirs.tokenizer(texts)["input_ids"])
+    vocab = (Path(resolve_model_dir("all-MiniLM-L6-v2")) / "vocab.txt").read_text().split("\n")
+    texts = make_texts(vocab, args.texts, seed=0)
+    ids = engines[REFERENCE].tokenizer(texts)["input_ids"]
+    tokens = sum(len(x) for x in ids)
 
-    run_ours = lambda: ours.encode(texts, batch_size=args.batch_size)
-    run_theirs = lambda: theirs.encode(texts, batch_size=args.batch_size)
-    run_ours(), run_theirs()  # warm-up: allocator, threads, caches
-    times = {"bertfast": [], "sentence-transformers": []}
-    for _ in range(args.rounds):
-        t, a = timed(run_ours)
-        times["bertfast"].append(t)
-        t, b = timed(run_theirs)
-        times["sentence-transformers"].append(t)
-    a, b = np.asarray(a), np.asarray(b)
-    cosine = float((a * b).sum(1).min() / 1.0)
-    rows = {}
-    for name, ts in times.items():
-        best = min(ts)
-        rows[name] = {
-            "best_s": best,
-            "median_s": statistics.median(ts),
-            "texts_per_s": len(texts) / best,
-            "tokens_per_s": tokens / best,
-            "runs_s": ts,
-        }
-    speedup = rows["bertfast"]["texts_per_s"] / rows["sentence-transformers"]["texts_per_s"]
+    # Accuracy (and warm-up): each engine's vectors against sentence-transformers'.
+    vectors = {
+        name: np.asarray(e.encode(texts, batch_size=args.batch_size)) for name, e in engines.items()
+    }
+    reference = vectors[REFERENCE]
+    accuracy = {
+        name: float((v * reference).sum(axis=1).min())
+        for name, v in vectors.items()
+        if name != REFERENCE
+    }
+    for name, cosine in accuracy.items():
+        log(f"{name}: min cosine {cosine:.6f} against {REFERENCE}")
+
+    log(f"throughput: {len(texts)} texts ({tokens} tokens), engines interleaved")
+    throughput = run_interleaved(
+        {
+            n: (lambda r, e=e: e.encode(texts, batch_size=args.batch_size))
+            for n, e in engines.items()
+        },
+        ci_width=args.ci_width,
+        min_rounds=6,
+        max_rounds=200,
+        time_cap_s=args.time_cap,
+    )
+    log(f"throughput: {throughput.rounds} rounds, {throughput.stopped}")
+    log("batch 1: one sentence per call, engines interleaved")
+    one = [LATENCY_TEXT]
+    for e in latency.values():
+        for _ in range(5):
+            e.encode(one, batch_size=1)
+    batch1 = run_interleaved(
+        {n: (lambda r, e=e: e.encode(one, batch_size=1)) for n, e in latency.items()},
+        ci_width=args.ci_width,
+        min_rounds=30,
+        max_rounds=5000,
+        time_cap_s=args.latency_cap,
+    )
+    log(f"batch 1: {batch1.rounds} rounds, {batch1.stopped}")
+    load_after = load_average()
+    warning = load_warning(load_before, load_after)
+    if warning:
+        log(f"warning: {warning}")
+
+    info = cpu_info()
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "cpu": info,
         "torch": torch.__version__,
         "threads": args.threads,
         "texts": len(texts),
         "tokens": tokens,
         "batch_size": args.batch_size,
-        "words_per_text": [args.min_words, args.max_words],
-        "rows": rows,
-        "speedup": speedup,
-        "min_cosine": cosine,
-        "max_abs_diff": float(np.abs(a - b).max()),
+        "ci_width": args.ci_width,
+        "load_average": {"before": load_before, "after": load_after, "warning": warning},
+        "skipped": skipped,
+        "min_cosine_vs_reference": accuracy,
+        "throughput": {
+            "rounds": throughput.rounds,
+            "stopped": throughput.stopped,
+            "seconds": summaries(throughput.samples, args.ci_width),
+            "speedup_vs_reference": ratios(throughput.samples, REFERENCE, args.ci_width),
+            "speedup_vs_bertfast_fp32": ratios(throughput.samples, "bertfast fp32", args.ci_width),
+            "samples_s": throughput.samples,
+        },
+        "batch1": {
+            "rounds": batch1.rounds,
+            "stopped": batch1.stopped,
+            "seconds": summaries(batch1.samples, args.ci_width),
+            "speedup_vs_reference": ratios(batch1.samples, REFERENCE, args.ci_width),
+            "speedup_vs_bertfast_fp32": ratios(batch1.samples, "bertfast fp32", args.ci_width),
+        },
     }
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    markdown = render(result)
+    write_results(Path(args.output), result, markdown)
+    print("\n".join(markdown))
+
+
+def render(result: dict) -> list[str]:
+    tp, b1 = result["throughput"], result["batch1"]
     lines = [
-        f"# CPU sentence encoding: all-MiniLM-L6-v2, {len(texts)} texts ({tokens} tokens), "
-        f"batch {args.batch_size}, {args.threads} threads",
+        f"# CPU sentence encoding: all-MiniLM-L6-v2, {result['texts']} texts "
+        f"({result['tokens']} tokens), batch {result['batch_size']}, {result['threads']} threads",
         "",
-        "| encoder | best s | median s | texts/s (best) | tokens/s (best) |",
-        "|---|---|---|---|---|",
+        f"CPU: {isa_line(result['cpu'])}. torch {result['torch']}.",
+        "",
+        *load_lines(result["load_average"]),
+        "",
+        f"Engines interleaved, rounds until each median's 95 % interval is within "
+        f"{100 * result['ci_width']:.0f} % of it or the time cap: throughput {tp['rounds']} "
+        f"rounds ({tp['stopped']}), batch 1 {b1['rounds']} rounds ({b1['stopped']}). Figures: "
+        "median [95 % interval]; × is the paired per-round ratio against the reference.",
+        "",
+        "| engine | texts/s | seconds for all texts | × sentence-transformers | "
+        "batch-1 p50 ms | batch-1 × sentence-transformers | min cosine | samples |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['texts_per_s']:.0f} "
-            f"| {r['tokens_per_s']:.0f} |"
+    names = list(dict.fromkeys([*tp["seconds"], *b1["seconds"]]))
+    for name in names:
+        t = tp["seconds"].get(name)
+        rate = (
+            f"{result['texts'] / t['median']:.0f} [{result['texts'] / t['ci_high']:.0f}, "
+            f"{result['texts'] / t['ci_low']:.0f}]"
+            if t
+            else "–"
         )
-    lines += [
-        "",
-        f"bertfast / sentence-transformers: {speedup:.2f}x texts/s; min cosine "
-        f"{cosine:.7f}, max abs difference {result['max_abs_diff']:.2e}.",
-    ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        sp = tp["speedup_vs_reference"].get(name)
+        lat = b1["seconds"].get(name)
+        lsp = b1["speedup_vs_reference"].get(name)
+        cos = result["min_cosine_vs_reference"].get(name)
+        cos_text = "reference" if cos is None else f"{cos:.6f}"
+        counts = "/".join(str(x["samples"]) for x in (t, lat) if x)
+        lines.append(
+            f"| {name} | {rate} | {format_interval(t) if t else '–'} | "
+            f"{format_interval(sp) if sp else '–'} | {format_interval(lat, 1e3) if lat else '–'} | "
+            f"{format_interval(lsp) if lsp else '–'} | {cos_text} "
+            f"| {counts} |"
+        )
+    for name, reason in result["skipped"].items():
+        lines += ["", f"Skipped {name}: {reason}."]
+    return lines
 
 
 if __name__ == "__main__":

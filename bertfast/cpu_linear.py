@@ -117,6 +117,7 @@ def applies(x: torch.Tensor) -> bool:
             or (x.dtype == torch.bfloat16 and bf16_unsupported_reason() is None)
         )
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # inductor packs weights itself (freezing)
         and onednn_available()
     )
 
