@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +181,9 @@ def linear_int8(
     inner = rows * weight.keep
     low, high = torch.aminmax(inner, dim=1, keepdim=True)
     scale = (high - low).clamp_min(1e-12)
-    unit = inner.sub_(low).div_(scale)  # each token on [0, 1]
+    inverse = scale.reciprocal()
+    # each token on [0, 1]: (x - low) / scale in one pass (the small (tokens, 1) ops are cheap)
+    unit = torch.addcmul(low.mul(inverse).neg_(), inner, inverse, out=inner)
     y = torch.ops.quantized.linear_dynamic(unit, weight.packed, REDUCE_RANGE)
     y = torch.addcmul(bias, y, scale) if bias is not None else y.mul_(scale)
     # + the fp32 outlier channels and each token's offset, in one small GEMM
@@ -190,38 +193,46 @@ def linear_int8(
     return y.view(*x.shape[:-1], weight.out_features)
 
 
-def encoder_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The four GEMMs of every BertLayer inside ``module`` (the pooler and heads stay fp32)."""
-    from bertfast.model import BertLayer
+@runtime_checkable
+class Int8Encoder(Protocol):
+    """An encoder whose layers' GEMMs run in int8 (``bertfast.model.BertModel``), found by this
+    method rather than by class: this module sits below the model and does not import it.
+    ``quantize_`` also reads its ``config`` (vocab_size, max_position_embeddings), ``dtype``,
+    ``device`` and ``backend``, and calls it on token ids to calibrate."""
 
-    return [
-        linear
-        for layer in module.modules()
-        if isinstance(layer, BertLayer)
-        for linear in (layer.qkv, layer.attention_output, layer.intermediate, layer.output)
-    ]
+    def int8_linears(self) -> list[torch.nn.Linear]:
+        """The four GEMMs of each of its layers (the pooler stays fp32)."""
+        ...
+
+
+def int8_encoders(module: torch.nn.Module) -> list[Int8Encoder]:
+    """The encoders inside ``module`` (itself included), in module order."""
+    return [m for m in module.modules() if isinstance(m, Int8Encoder)]
+
+
+def encoder_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The four GEMMs of every encoder layer inside ``module`` (the pooler and heads stay fp32)."""
+    return [linear for encoder in int8_encoders(module) for linear in encoder.int8_linears()]
 
 
 def quantize_(module: torch.nn.Module, mode: str | None) -> torch.nn.Module:
     """Quantize the encoder layers of ``module`` (a BertModel, a head, anything holding them) in
     place for CPU inference; ``mode=None`` undoes it. Returns ``module``."""
-    from bertfast.model import BertModel
-
-    encoders = [m for m in module.modules() if isinstance(m, BertModel)]
+    found = int8_encoders(module)
     linears = encoder_linears(module)
     if not linears:
         raise ValueError(f"{type(module).__name__} holds no bertfast encoder layer to quantize")
     for linear in linears:
         unregister(linear.weight)  # calibration runs the fp32 model
     if mode is not None:
-        for encoder in encoders:
+        for encoder in found:
             check_quantize(mode, encoder.dtype, encoder.device)
             if encoder.backend != "torch":
                 raise ValueError(
                     f"quantize={mode!r} runs on the torch backend (the model runs on "
                     f"{encoder.backend!r}); load it with backend='torch' or 'auto'"
                 )
-        peaks = calibrate(module, encoders)
+        peaks = calibrate(module, found)
         for linear in linears:
             register(linear.weight, peaks.get(id(linear.weight)))
     return module
@@ -237,7 +248,7 @@ def quantized(module: torch.nn.Module) -> str | None:
 
 
 @torch.inference_mode()
-def calibrate(module: torch.nn.Module, encoders: list) -> dict[int, torch.Tensor]:
+def calibrate(module: torch.nn.Module, encoders: list[Any]) -> dict[int, torch.Tensor]:
     """Each layer GEMM's largest |input| per channel over one fp32 forward of random token ids
     (BERT's outlier channels are a property of the weights, not of the text)."""
     global _observed

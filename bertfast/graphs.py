@@ -29,10 +29,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from bertfast.model import BertModel, BertModelOutput, PackedBatch, real_token_indices
+from bertfast.packing import PackedBatch, real_token_indices
+
+if TYPE_CHECKING:  # the model owns its runner and imports this module; no import back
+    from bertfast.model import BertModel, BertModelOutput
 
 # capture(fn) runs fn once while recording it and returns a replay function.
 Capture = Callable[[Callable[[], None]], Callable[[], None]]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bertfast import BertModel
-from bertfast.model import PackedBatch
+from bertfast.packing import PackedBatch
 from tests.helpers import assert_close, max_abs_error, random_batch, random_hf_bert
 
 transformers = pytest.importorskip("transformers")

@@ -160,7 +160,7 @@ def test_encoder_against_transformers(dtype, preset, batch, seq):
 
 
 def test_layer_captures_in_a_cuda_graph():
-    from bertfast.model import PackedBatch
+    from bertfast.packing import PackedBatch
 
     config = BertConfig.preset("bert-base", num_hidden_layers=2)
     model = BertModel(config, backend="triton", device=DEVICE, dtype=torch.bfloat16).eval()
