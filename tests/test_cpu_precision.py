@@ -239,20 +239,19 @@ def test_int8_weight_changed_in_place_is_quantized_again(tmp_path):
     assert max_abs_error(out, expected) < 0.05 * expected.abs().max().item()
 
 
-def test_cli_offers_both_and_says_what_ran(minilm_dir):
-    from tests.test_cli import run_cli
+def test_cli_offers_both_and_says_what_ran(minilm_dir, capsys):
+    from bertfast.cli import main
 
-    args = ("embed", "hello", "--device", "cpu", "--show", "vectors")
-    bf16 = run_cli(*args, "--dtype", "bf16")
+    args = ["embed", "hello", "--device", "cpu", "--show", "vectors"]
+    status = main([*args, "--dtype", "bf16"])
+    out, err = capsys.readouterr()
     if BF16_REASON is None:
-        assert bf16.returncode == 0, bf16.stderr
-        assert "(torch backend, bf16, cpu)" in bf16.stdout
+        assert status == 0 and "(torch backend, bf16, cpu)" in out
     else:  # refused before loading, with the reason, exit status 2
-        assert bf16.returncode == 2 and "AVX-512 BF16 nor AMX" in bf16.stderr
+        assert status == 2 and "AVX-512 BF16 nor AMX" in err
     if INT8_REASON is None:
-        int8 = run_cli(*args, "--quantize", "int8")
-        assert int8.returncode == 0, int8.stderr
-        assert "(torch backend, int8 GEMMs, fp32 elsewhere, cpu)" in int8.stdout
+        assert main([*args, "--quantize", "int8"]) == 0
+        assert "(torch backend, int8 GEMMs, fp32 elsewhere, cpu)" in capsys.readouterr().out
 
 
 @needs_int8

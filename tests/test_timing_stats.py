@@ -207,3 +207,14 @@ def test_report_shows_intervals_noisy_rows_load_and_beaten_ceilings():
     assert "never agreed within 3 % (best reading kept): fp32 matmul" in text
     assert "1 row(s) beat the measured ceiling" in text
     assert "1 row(s) marked **noisy**" in text
+
+
+def test_ci_width_setting_reaches_both_timers():
+    from bertfast.bench.settings import make_settings
+
+    settings = make_settings(device="cpu", quick=True, ci_width=0.02)
+    assert settings.timer.ci_width == 0.02 and settings.train_timer.ci_width == 0.02
+    assert settings.to_dict()["timer"]["ci_width"] == 0.02
+    assert make_settings(device="cpu", quick=True).timer.ci_width == stats.DEFAULT_CI_WIDTH
+    with pytest.raises(ValueError, match="ci_width"):
+        make_settings(device="cpu", quick=True, ci_width=0.0)

@@ -271,6 +271,7 @@ def make_settings(
     kernels: bool = True,
     compile_on_cpu: bool = False,
     rep_ms: float | None = None,
+    ci_width: float | None = None,
     seed: int = 0,
     training: bool = True,
     forward: bool = True,
@@ -383,6 +384,11 @@ def make_settings(
             raise ValueError(f"rep_ms must be positive, got {rep_ms}")
         timer = TimerSettings(**{**timer.__dict__, "rep_ms": float(rep_ms)})
         train_timer = TimerSettings(**{**train_timer.__dict__, "rep_ms": float(rep_ms)})
+    if ci_width is not None:
+        if not 0 < ci_width < 1:
+            raise ValueError(f"ci_width must be between 0 and 1, got {ci_width}")
+        timer = TimerSettings(**{**timer.__dict__, "ci_width": float(ci_width)})
+        train_timer = TimerSettings(**{**train_timer.__dict__, "ci_width": float(ci_width)})
     return BenchSettings(
         device=str(dev),
         quick=quick,
