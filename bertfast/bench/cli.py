@@ -14,7 +14,6 @@ from bertfast.bench.settings import (
     TRAIN_HEADS,
     TRAIN_PRECISIONS,
 )
-from bertfast.cli_options import HelpFormatter, add_device_option, add_output_option, check_device
 
 # Default results folder, under the current directory and named for what it holds, so a run
 # never writes into a repository's committed results (benchmarks/results/ here).
@@ -31,17 +30,19 @@ benchmarks/README.md for the columns."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_device_option(parser)
+    parser.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cuda if torch sees a GPU, else cpu)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a small grid and fewer repeats (GPU: < 4 min for the forward; the training "
         "rows add minutes, not yet measured: hf-compile compiles a training step twice)",
     )
-    add_output_option(
-        parser,
-        f"the results (default: ./{DEFAULT_OUTPUT}/<device-tag>, e.g. ./{DEFAULT_OUTPUT}/cpu); "
-        "with --plot, where the plots go (default: beside the file)",
+    parser.add_argument(
+        "--output",
+        help=f"folder for the results (default: ./{DEFAULT_OUTPUT}/<device-tag>, e.g. "
+        f"./{DEFAULT_OUTPUT}/cpu); with --plot, where the plots go (default: beside the file)",
     )
     parser.add_argument(
         "--configs",
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bertfast.bench.settings import make_settings
     from bertfast.bench.suite import device_tag, run_suite
+    from bertfast.cli import check_device
 
     device = None if args.device is None else str(check_device(args.device))
     settings = make_settings(
@@ -175,13 +177,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _formatter() -> type[argparse.HelpFormatter]:
+    from bertfast.cli import HelpFormatter
+
+    return HelpFormatter
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to the main ``bertfast`` CLI."""
     parser = subparsers.add_parser(
         "bench",
         help="benchmark against Hugging Face transformers",
         description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        formatter_class=_formatter(),
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bertfast bench",
         description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        formatter_class=_formatter(),
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
