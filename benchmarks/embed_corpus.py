@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bertfast.cli import DTYPES  # noqa: E402
+from bertfast.cli_options import DTYPES  # noqa: E402
 from bertfast.corpus import EmbedOptions, embed_corpus, load_embeddings  # noqa: E402
 from bertfast.corpus.embed import MAX_PADDING, SORT_WINDOW, plan_batches  # noqa: E402
 from bertfast.model_dirs import resolve_model_dir  # noqa: E402

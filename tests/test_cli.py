@@ -182,7 +182,7 @@ def test_low_precision_on_cpu_says_what_ran(minilm_dir):
 
 
 def test_a_dtype_the_device_cannot_run_is_refused(monkeypatch):
-    from bertfast import cli
+    from bertfast.cli_options import check_dtype
 
     def no_half_layer_norm(x, *args, **kwargs):
         if x.dtype == torch.float16:
@@ -191,8 +191,8 @@ def test_a_dtype_the_device_cannot_run_is_refused(monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "layer_norm", no_half_layer_norm)
     with pytest.raises(ValueError, match=r"dtype fp16 cannot run on cpu: .*'Half'.*; use fp32"):
-        cli.check_dtype("fp16", torch.device("cpu"))
-    cli.check_dtype("fp32", torch.device("cpu"))  # fp32 is never probed
+        check_dtype("fp16", torch.device("cpu"))
+    check_dtype("fp32", torch.device("cpu"))  # fp32 is never probed
 
 
 def test_bench_writes_outside_the_committed_results_by_default(monkeypatch, tmp_path):
@@ -204,3 +204,15 @@ def test_bench_writes_outside_the_committed_results_by_default(monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     assert bench_cli.main(["--device", "cpu", "--quick", "--no-kernels"]) == 0
     assert written == [Path("bertfast-bench-results") / "cpu"]
+
+
+def test_compile_report_is_a_subcommand_that_forwards_its_arguments(monkeypatch, capsys):
+    from bertfast import compile_report
+    from bertfast.cli import build_parser, main
+
+    seen = []
+    monkeypatch.setattr(compile_report, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["compile-report", "--matrix", "default", "--check", "--no-write"]) == 0
+    assert main(["compile-report", "--help"]) == 0  # the report's own parser answers
+    assert seen == [["--matrix", "default", "--check", "--no-write"], ["--help"]]
+    assert "compile-report" in build_parser().format_help()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bertfast.cli_options import add_max_length_option, add_output_option, parse_dtype
 from bertfast.corpus.embed import DEFAULT_BATCH_TOKENS, DEFAULT_SAVE_EVERY, DEFAULT_SHARD_SIZE
 from bertfast.corpus.readers import FORMATS
 from bertfast.corpus.writer import OUTPUT_DTYPES
@@ -38,12 +39,10 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         help="files to embed, in order: plain text (a line a text), JSON Lines (.jsonl), "
         "CSV (.csv) or TSV (.tsv); switches to corpus mode (default: texts on the command line)",
     )
-    group.add_argument(
-        "--output",
-        metavar="DIR",
-        default=None,
-        help="directory for the shards and manifest.json; rerunning into it resumes "
-        "(default: none, required with --input)",
+    add_output_option(
+        group,
+        "the shards and manifest.json; rerunning into it resumes",
+        default_text="none, required with --input",
     )
     group.add_argument(
         "--field", default="text", help="the JSON Lines field or CSV/TSV column holding the text"
@@ -67,12 +66,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH_TOKENS,
         help="padded tokens per forward pass; texts are sorted by length so batches pad little",
     )
-    group.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="truncate texts to this many tokens (default: the model's max_seq_length)",
-    )
+    add_max_length_option(group, None, "the model's max_seq_length; longer texts are cut")
     group.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
@@ -115,7 +109,6 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_corpus(args: argparse.Namespace) -> int:
     """``bertfast embed --input ...``: embed the files into ``--output``."""
-    from bertfast.cli import parse_dtype
     from bertfast.corpus.embed import EmbedOptions, embed_corpus
 
     if args.texts:

@@ -11,12 +11,13 @@ import os
 import sys
 from typing import Any
 
-from bertfast.cli import (
+from bertfast.cli_options import (
     add_model_arguments,
     default_device,
     finite_json,
     has_non_finite,
     parse_dtype,
+    read_lines,
 )
 from bertfast.pipelines import pipeline
 from bertfast.pipelines.token_classification import AGGREGATION_STRATEGIES
@@ -39,26 +40,6 @@ def _load(task: str, args: argparse.Namespace, **kwargs: Any):
         quantize=args.quantize,
         **kwargs,
     )
-
-
-def read_lines(stream: Any, where: str = "stdin") -> list[str]:
-    """The non-blank lines of a text or byte stream, decoded as UTF-8; a line that is not
-    UTF-8 is a ValueError naming it."""
-    raw = getattr(stream, "buffer", stream)
-    lines = []
-    for number, line in enumerate(raw, start=1):
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(
-                    f"{where} line {number} is not valid UTF-8 (byte {line[exc.start]:#04x} at "
-                    f"column {exc.start + 1}); give UTF-8 text"
-                ) from None
-        line = line.rstrip("\r\n")
-        if line.strip():
-            lines.append(line)
-    return lines
 
 
 def read_text_file(path: str, option: str) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from bertfast.cli_options import add_model_arguments, add_num_threads_option, default_device
 from bertfast.serve.settings import ServeSettings
 from bertfast.weights import DEFAULT_MODEL
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bertfast.cli import default_device
     from bertfast.serve.server import serve
 
     settings = ServeSettings(
@@ -44,8 +44,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bertfast.cli import add_model_arguments
-
     d = ServeSettings()
     p = subparsers.add_parser(
         "serve",
@@ -146,9 +144,7 @@ def register(subparsers) -> None:
         default=d.cuda_graphs,
         help="replay CUDA graphs on CUDA (auto: when the model can); off: run eagerly",
     )
-    p.add_argument(
-        "--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
+    add_num_threads_option(p)
     p.add_argument(
         "--log-level",
         default=d.log_level,

@@ -9,12 +9,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertfast.cli_options import (
+    add_backend_option,
+    add_device_option,
+    add_max_length_option,
+    add_model_option,
+    add_output_option,
+    check_backend,
+    check_device,
+    default_device,
+)
+from bertfast.model_dirs import DEFAULT_MODEL
+
 TASKS = ("classification", "ner", "qa")
 
 
 def _device_and_backend(args: argparse.Namespace) -> str:
-    from bertfast.cli import check_backend, check_device, default_device
-
     device = check_device(default_device(args.device))
     check_backend(args.backend, device)
     return str(device)
@@ -271,7 +281,7 @@ FINGERPRINT = (
 
 def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
     """The optimisation, checkpoint and logging options shared by finetune and pretrain."""
-    p.add_argument("--output", required=True, help="directory for the model, checkpoint and log")
+    add_output_option(p, "the model, checkpoint and log", required=True)
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data")
     p.add_argument(
         "--batch-size", type=int, default=batch_size, help="examples per micro-batch per process"
@@ -335,15 +345,8 @@ def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: floa
         help="continue from the checkpoint in --output (model, optimizer, scheduler, RNG, "
         "data position)",
     )
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=("torch", "triton"),
-        help="kernels to train on (triton: the fused kernels, dropout included)",
-    )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if torch sees one)"
-    )
+    add_backend_option(p, training=True)
+    add_device_option(p)
 
 
 def register(subparsers) -> None:
@@ -357,18 +360,12 @@ def register(subparsers) -> None:
         "data-parallel under torchrun.",
     )
     p.add_argument("--task", required=True, choices=TASKS, help="what to fine-tune for")
-    p.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or bundled name")
+    add_model_option(p, DEFAULT_MODEL)
     p.add_argument("--train", required=True, help="training data file")
     p.add_argument(
         "--validation", default=None, help="data scored after each epoch (default: none)"
     )
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="tokens per sequence at most (default: 128, or the model's "
-        "max_position_embeddings when smaller)",
-    )
+    add_max_length_option(p, None, "128, or the model's max_position_embeddings when smaller")
     p.add_argument(
         "--eval-batch-size", type=int, default=64, help="sequences per forward when evaluating"
     )
@@ -397,7 +394,7 @@ def register(subparsers) -> None:
         help="model size: transformer-base, bert-base, bert-large, or a config.json",
     )
     p.add_argument("--tokenizer", required=True, help="directory with vocab.txt or tokenizer.json")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sentence pair")
+    add_max_length_option(p, 128, "128; a sequence is a sentence pair")
     p.add_argument(
         "--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict"
     )
