@@ -1,5 +1,6 @@
 """bertfast: a fast, faithful BERT encoder on fused Triton and CUDA kernels."""
 
+from bertfast._version import __version__
 from bertfast.config import BertConfig
 from bertfast.heads import (
     BertForMaskedLM,
@@ -14,8 +15,6 @@ from bertfast.ops import backend_report, resolve_backend
 from bertfast.pipelines import pipeline
 from bertfast.sentence import SentenceEncoder, SentenceTransformer, quantize_embeddings
 from bertfast.tokenizer import BertTokenizer
-
-__version__ = "0.1.0"
 
 # The Hugging Face bridge imports transformers: loaded on first use only.
 _HF_BRIDGE = ("accelerate", "from_hf", "register_attention")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-import bertfast
 from bertfast import ops
+from bertfast._version import __version__
 from bertfast.bench import gpu_model
 from bertfast.bench.e2e import run_e2e
 from bertfast.bench.kernels import run_kernel_backwards, run_kernels
@@ -56,7 +56,7 @@ def _version(module: str) -> str | None:
 
 
 def _git(*args: str) -> str | None:
-    root = Path(bertfast.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout holding bertfast/
     try:
         done = subprocess.run(
             ["git", "-c", f"safe.directory={root}", "-C", str(root), *args],
@@ -105,7 +105,7 @@ def environment(device: torch.device) -> dict:
             "torch": torch.__version__,
             "triton": _version("triton"),
             "transformers": _version("transformers"),
-            "bertfast": bertfast.__version__,
+            "bertfast": __version__,
         },
         "git_commit": commit or os.environ.get("BERTFAST_GIT_COMMIT"),
         "git_dirty": dirty,

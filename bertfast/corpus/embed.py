@@ -733,10 +733,10 @@ class CorpusEmbedder:
                 "lines": bad.examples,
             }
         )
-        import bertfast
+        from bertfast._version import __version__
 
         extra = {
-            "bertfast": bertfast.__version__,
+            "bertfast": __version__,
             "model": opts.model,
             "dimension": dim,
             "dtype": opts.output_dtype,

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
     raise missing_extra(exc) from exc
 
-import bertfast
+from bertfast._version import __version__
 from bertfast.serve import errors
 from bertfast.serve.backend import (
     CLASSIFY,
@@ -708,7 +708,7 @@ class Router:
                 "timeout_body": s.timeout_body,
                 "timeout_graceful_shutdown": s.timeout_graceful_shutdown,
                 "timeout_keep_alive": s.timeout_keep_alive,
-                "version": bertfast.__version__,
+                "version": __version__,
             }
         )
 

@@ -8,7 +8,7 @@ import html
 import json
 from typing import Any
 
-import bertfast
+from bertfast._version import __version__
 
 JSON = "application/json"
 
@@ -403,7 +403,7 @@ def openapi_spec(router) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {
             "title": "bertfast serve",
-            "version": bertfast.__version__,
+            "version": __version__,
             "description": "text-embeddings-inference (TEI) and OpenAI compatible routes for "
             f"the {router.backend.kind} model {router.model_id!r}",
         },
