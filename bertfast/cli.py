@@ -14,14 +14,12 @@ from collections.abc import Sequence
 import torch
 
 from bertfast._version import __version__
-from bertfast.cli_options import (  # noqa: F401 (HelpFormatter, check_device: bench/cli.py's)
+from bertfast.cli_options import (
     DTYPES,
     ArgumentParser,
-    HelpFormatter,
     SubcommandParser,
     add_model_arguments,
     available_devices,
-    check_device,
     did_you_mean,
     finite_json,
     parse_dtype,

@@ -14,6 +14,7 @@ from bertfast.bench.settings import (
     TRAIN_HEADS,
     TRAIN_PRECISIONS,
 )
+from bertfast.cli_options import HelpFormatter, add_device_option, add_output_option, check_device
 
 # Default results folder, under the current directory and named for what it holds, so a run
 # never writes into a repository's committed results (benchmarks/results/ here).
@@ -30,19 +31,17 @@ benchmarks/README.md for the columns."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", help="cpu, cuda or cuda:N (default: cuda if torch sees a GPU, else cpu)"
-    )
+    add_device_option(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a small grid and fewer repeats (GPU: < 4 min for the forward; the training "
         "rows add minutes, not yet measured: hf-compile compiles a training step twice)",
     )
-    parser.add_argument(
-        "--output",
-        help=f"folder for the results (default: ./{DEFAULT_OUTPUT}/<device-tag>, e.g. "
-        f"./{DEFAULT_OUTPUT}/cpu); with --plot, where the plots go (default: beside the file)",
+    add_output_option(
+        parser,
+        f"the results (default: ./{DEFAULT_OUTPUT}/<device-tag>, e.g. ./{DEFAULT_OUTPUT}/cpu); "
+        "with --plot, where the plots go (default: beside the file)",
     )
     parser.add_argument(
         "--configs",
@@ -149,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bertfast.bench.settings import make_settings
     from bertfast.bench.suite import device_tag, run_suite
-    from bertfast.cli import check_device
 
     device = None if args.device is None else str(check_device(args.device))
     settings = make_settings(
@@ -177,19 +175,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _formatter() -> type[argparse.HelpFormatter]:
-    from bertfast.cli import HelpFormatter
-
-    return HelpFormatter
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to the main ``bertfast`` CLI."""
     parser = subparsers.add_parser(
         "bench",
         help="benchmark against Hugging Face transformers",
         description=DESCRIPTION,
-        formatter_class=_formatter(),
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -201,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bertfast bench",
         description=DESCRIPTION,
-        formatter_class=_formatter(),
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
