@@ -362,3 +362,14 @@ def test_pytest_benchmark_grid_reuses_the_suite_cases():
     compiled = [p.values[0] for p in e2e if p.values[0].backend.startswith("hf-compile")]
     assert compiled and all(e.device == "cuda" for e in compiled)
     assert len(compiled) == len({e.backend for e in compiled})
+
+
+def test_cpu_run_shows_the_gpu_model_estimates(suite_run):
+    """Without a GPU the run still shows the model's estimate of the GPU forward for every card
+    it knows, as log lines, rows in results.json and a section of results.md."""
+    results, out, lines = suite_run
+    totals = [r for r in results["model_estimates"] if r["what"] == "total"]
+    assert {r["card"] for r in totals} == {"H100 SXM", "H200", "A100 SXM"}
+    assert sum(line.startswith("model estimate ") for line in lines) == len(totals)
+    text = (out / "results.md").read_text()
+    assert "## Model estimate (not a measurement)" in text

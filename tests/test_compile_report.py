@@ -28,16 +28,17 @@ def _compiler_env() -> dict:
 
 
 def test_launchers_record_the_config_functions_choice_per_capability():
-    """What the launchers would run, recorded on meta tensors: the attention backward's blocks
-    and the GEMM epilogue's tiles follow the capability asked for."""
-    case = compile_report.Case("base", "training", "bf16", 128, dropout=True)
-    by_arch = {}
+    """What the launchers would run, recorded on meta tensors: the attention forward's and
+    backward's blocks and the GEMM epilogue's tiles follow the capability asked for."""
+    training = compile_report.Case("d128", "training", "bf16", 128, dropout=True)
+    inference = compile_report.Case("base", "inference", "bf16", 128, layout="padded")
+    chosen = {}
     for capability in ((8, 0), (9, 0)):
-        launches = compile_report.record_case(case, capability)
+        launches = compile_report.record_case(training, capability)
         names = [launch.kernel.fn.__name__ for launch in launches]
         assert "_attention_backward_dkdv_kernel" in names and "_attention_kernel" in names
         dkdv = launches[names.index("_attention_backward_dkdv_kernel")]
-        block_m, block_n, warps, stages = attention.backward_block_sizes(64, capability)
+        block_m, block_n, warps, _ = attention.backward_block_sizes(128, capability)
         assert (dkdv.meta["BLOCK_M"], dkdv.meta["BLOCK_N"], dkdv.meta["num_warps"]) == (
             block_m,
             block_n,
@@ -45,15 +46,26 @@ def test_launchers_record_the_config_functions_choice_per_capability():
         )
         forward = launches[names.index("_attention_kernel")]
         assert forward.meta["STORE_LSE"] and forward.meta["HAS_DROPOUT"]
-        assert forward.meta["BLOCK_M"] == attention.block_sizes(64, 128, capability, True)[0]
-        by_arch[capability] = dkdv.meta["BLOCK_N"]
-    assert by_arch[(8, 0)] != by_arch[(9, 0)]  # the archs differ where the numbers said so
+        assert forward.meta["BLOCK_M"] == attention.block_sizes(128, 128, capability, True)[0]
+        (padded,) = [
+            x
+            for x in compile_report.record_case(inference, capability)
+            if x.kernel.fn.__name__ == "_attention_kernel"
+        ]
+        assert padded.meta["HAS_MASK"] and not padded.meta["STORE_LSE"]
+        assert padded.meta["num_warps"] == attention.block_sizes(64, 128, capability)[2]
+        chosen[capability] = (dkdv.meta["BLOCK_M"], padded.meta["num_warps"])
+    # The archs differ where the compiler's numbers said so (spills on one, not the other).
+    assert chosen[(8, 0)][0] != chosen[(9, 0)][0] and chosen[(8, 0)][1] != chosen[(9, 0)][1]
     fused = compile_report.Case("base", "inference", "bf16", 128, fused_epilogues=True)
     for capability in ((8, 0), (9, 0)):
         launches = compile_report.record_case(fused, capability)
         gemm = [x for x in launches if x.kernel.fn.__name__ == "_linear_epilogue_kernel"]
         expected = linear_epilogue.block_config(3072, False, torch.bfloat16, capability)
         assert gemm and all(x.meta["BLOCK_K"] == expected[2] for x in gemm)
+        norm = [x for x in launches if x.kernel.fn.__name__ == "_linear_residual_layer_norm_kernel"]
+        chunk = linear_epilogue.block_config(768, True, torch.bfloat16, capability)[1]
+        assert len(norm) == 1 and norm[0].meta["BLOCK_N"] == chunk < 768  # rows in chunks
     # Outside a recording the same launchers run (CPU tensors: the interpreter's choice).
     assert target.capability(torch.device("cpu")) is None
 
@@ -90,26 +102,12 @@ def test_committed_report_is_the_compilers_output():
     """Two of the report's rows (the default inference attention at s128 on each arch) compiled
     again here give the committed numbers; and the committed report names today's kernels
     (under the triton version it was made with: the key includes it)."""
-    report = json.loads(REPORT.read_text())
     import triton
 
-    case = compile_report.Case("base", "inference", "bf16", 128)
-    inputs = []
-    for arch in (80, 90):
-        (launch,) = [
-            x
-            for x in compile_report.record_case(case, compile_report.ARCHS[arch].capability)
-            if x.kernel.fn.__name__ == "_attention_kernel"
-        ]
-        inputs.append(compile_report._compile_inputs(launch, compile_report.ARCHS[arch].capability))
-    rows = {row["key"]: row for row in report["triton"]}
-    keys = [compile_report.compile_key(x) for x in inputs]
-    if report["versions"]["triton"] == triton.__version__:
-        missing = [k for k in keys if k not in rows]
-        assert not missing, "benchmarks/results/compile is stale: python -m bertfast.compile_report"
+    report = json.loads(REPORT.read_text())
     done = subprocess.run(
         [sys.executable, "-c", _RECOMPILE],
-        input=json.dumps([case.label, [80, 90]]),
+        input=json.dumps(["base inference bf16 s128 packed", [80, 90]]),
         capture_output=True,
         text=True,
         env=_compiler_env(),
@@ -117,16 +115,22 @@ def test_committed_report_is_the_compilers_output():
     )
     assert done.returncode == 0, done.stderr
     compiled = json.loads(done.stdout.strip().splitlines()[-1])
-    for key, result in zip(keys, compiled):
+    rows = {row["key"]: row for row in report["triton"]}
+    if report["versions"]["triton"] == triton.__version__:
+        missing = [c["key"] for c in compiled if c["key"] not in rows]
+        assert not missing, "benchmarks/results/compile is stale: python -m bertfast.compile_report"
+    for result in compiled:
         assert "error" not in result, result
-        if key in rows:
-            committed = rows[key]
+        assert result["stack"] == result["local"] == 0
+        if result["key"] in rows:
+            committed = rows[result["key"]]
             for column in ("registers", "stack", "local", "dynamic_shared", "mma"):
                 assert result[column] == committed[column], (column, result, committed)
 
 
 # Compiles the attention forward of one case for the given archs in a process without the
-# interpreter (the @triton.jit functions must be real JITFunctions there).
+# interpreter (the @triton.jit functions must be real JITFunctions there); prints each
+# result with its compile key.
 _RECOMPILE = """
 import json, sys
 from bertfast import compile_report as cr
@@ -138,7 +142,8 @@ for arch in arches:
     capability = cr.ARCHS[arch].capability
     (launch,) = [x for x in cr.record_case(case, capability)
                  if x.kernel.fn.__name__ == "_attention_kernel"]
-    out.append(cr._compile_worker(cr._compile_inputs(launch, capability)))
+    inputs = cr._compile_inputs(launch, capability)
+    out.append(dict(cr._compile_worker(inputs), key=cr.compile_key(inputs)))
 print(json.dumps(out))
 """
 

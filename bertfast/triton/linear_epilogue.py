@@ -202,9 +202,7 @@ def block_config(
         return (16, 32, 16, 1, 4, 1) if fuse_layer_norm else (32, 32, 16, 4, 4, 1)
     if fuse_layer_norm:
         return (64, 128, 64, 1, 8, 3) if wide else (32, 64, 32, 1, 8, 2)
-    if capability[0] >= 9:
-        return (128, 128, 64, 8, 8, 3) if wide else (64, 128, 32, 8, 8, 3)
-    return (128, 128, 32, 8, 8, 3) if wide else (64, 128, 32, 8, 8, 2)
+    return (128, 128, 64, 8, 8, 3) if wide else (64, 128, 32, 8, 8, 3)
 
 
 def launch(
