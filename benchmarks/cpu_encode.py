@@ -260,7 +260,7 @@ def render(result: dict) -> list[str]:
         lat = b1["seconds"].get(name)
         lsp = b1["speedup_vs_reference"].get(name)
         cos = result["min_cosine_vs_reference"].get(name)
-        cos_text = "reference" if cos is None else f"{cos:.6f}"
+        cos_text = f"{cos:.6f}" if cos is not None else "reference" if name == REFERENCE else "–"
         counts = "/".join(str(x["samples"]) for x in (t, lat) if x)
         lines.append(
             f"| {name} | {rate} | {format_interval(t) if t else '–'} | "

@@ -187,7 +187,7 @@ def linear_int8(
     y = torch.ops.quantized.linear_dynamic(unit, weight.packed, REDUCE_RANGE)
     y = torch.addcmul(bias, y, scale) if bias is not None else y.mul_(scale)
     # + the fp32 outlier channels and each token's offset, in one small GEMM
-    y.addmm_(torch.cat([rows[:, weight.outliers], low], dim=1), weight.side)
+    y.addmm_(torch.cat([rows.index_select(1, weight.outliers), low], dim=1), weight.side)
     if gelu is not None:
         y = F.gelu(y, approximate=gelu)
     return y.view(*x.shape[:-1], weight.out_features)
