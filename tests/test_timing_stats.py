@@ -210,7 +210,7 @@ def test_report_shows_intervals_noisy_rows_load_and_beaten_ceilings():
 
 
 def test_ci_width_setting_reaches_both_timers():
-    from bertfast.bench.settings import make_settings
+    from bertfast.bench.plan import make_settings
 
     settings = make_settings(device="cpu", quick=True, ci_width=0.02)
     assert settings.timer.ci_width == 0.02 and settings.train_timer.ci_width == 0.02

@@ -5,8 +5,9 @@ plots; ``plot_results(results_json)`` redraws the plots from a file. The command
 ``bertfast bench`` (``bertfast.bench.cli.register`` adds it to the main CLI).
 """
 
+from bertfast.bench.plan import make_settings
 from bertfast.bench.report import load_results, plot_results, render_markdown
-from bertfast.bench.settings import BenchSettings, Case, make_settings
+from bertfast.bench.settings import BenchSettings, Case
 from bertfast.bench.suite import run_suite
 
 __all__ = [

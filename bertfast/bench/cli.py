@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         for path in plot_results(args.plot, args.output):
             print(path)
         return 0
-    from bertfast.bench.settings import make_settings
+    from bertfast.bench.plan import make_settings
     from bertfast.bench.suite import device_tag, run_suite
 
     device = None if args.device is None else str(check_device(args.device))
