@@ -8,6 +8,8 @@ bash scripts/setup.sh test
 echo "test: ruff check and ruff format --check over the tree"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "test: lint-imports, the architecture's import rules (.importlinter)"
+.venv/bin/lint-imports --no-cache
 # Triton kernels run under the interpreter on the CPU (set before triton is imported).
 export TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "test: pytest ${*:-tests}"
