@@ -35,6 +35,7 @@ from bertfast.bench.kernels import (
     grad_error,
     kernel_row,
 )
+from bertfast.bench.plan import make_settings
 from bertfast.bench.runners import (
     RUNNERS,
     TINY,
@@ -53,7 +54,6 @@ from bertfast.bench.settings import (
     default_cases,
     default_dtypes,
     default_train_cases,
-    make_settings,
 )
 from bertfast.bench.timing import Timing, summarise, synchronize
 from bertfast.bench.training import (
