@@ -171,20 +171,15 @@ def add_model_option(parser: Container, default_model: str | None) -> None:
 def add_backend_option(parser: Container, training: bool = False) -> None:
     """--backend: the kernels a model runs on; training offers those with a backward."""
     if training:
-        parser.add_argument(
-            "--backend",
-            default="torch",
-            choices=TRAIN_BACKEND_CHOICES,
-            help="kernels to train on: torch, or triton (the fused kernels, dropout included)",
+        default, choices = "torch", TRAIN_BACKEND_CHOICES
+        help_text = "kernels to train on: torch, or triton (the fused kernels, dropout included)"
+    else:
+        default, choices = "auto", BACKEND_CHOICES
+        help_text = (
+            "kernels to run on: auto picks cuda, then triton, then torch on a GPU, torch on the "
+            "CPU; an explicit one that cannot run here is an error"
         )
-        return
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKEND_CHOICES,
-        help="kernels to run on: auto picks cuda, then triton, then torch on a GPU, "
-        "torch on the CPU; an explicit one that cannot run here is an error",
-    )
+    parser.add_argument("--backend", default=default, choices=choices, help=help_text)
 
 
 def add_device_option(parser: Container) -> None:

@@ -52,9 +52,13 @@ def max_abs_err(
     return err if math.isfinite(err) else None
 
 
-def skip_entry(backend: str, reason: str, config: str | None = None, **where) -> dict:
-    """A row that was not measured, and why; None fields mean "every one"."""
-    entry = {"kind": "e2e", "backend": backend, "config": config, "case": None}
+def skip_entry(
+    backend: str, reason: str, config: str | None = None, kind: str = "e2e", **where
+) -> dict:
+    """A row that was not measured, and why; None fields mean "every one". ``kind`` "train":
+    a training row, whose head stands where an end-to-end row's case does."""
+    entry = {"kind": kind, "backend": backend, "config": config}
+    entry["head" if kind == "train" else "case"] = None
     entry.update({"batch": None, "seq": None, "dtype": None})
     entry.update(where)
     entry["reason"] = reason
@@ -68,8 +72,12 @@ def compile_on_cpu_reason(name: str, device: torch.device, settings: BenchSettin
     return None
 
 
-def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
-    return compile_on_cpu_reason(name, device, settings) or RUNNERS[name].unavailable_reason(device)
+def unavailable_reason(
+    registry: dict, name: str, device: torch.device, settings: BenchSettings
+) -> str | None:
+    """Why backend ``name`` of ``registry`` (RUNNERS, TRAINERS) does not run here, or None."""
+    reason = compile_on_cpu_reason(name, device, settings)
+    return reason or registry[name].unavailable_reason(device)
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:
@@ -213,7 +221,7 @@ def run_e2e(
     for name in settings.backends:
         if name not in RUNNERS:
             continue  # a training-only backend (bertfast.bench.training.TRAINERS)
-        reason = _unavailable(name, device, settings)
+        reason = unavailable_reason(RUNNERS, name, device, settings)
         if reason is None:
             active.append(name)
         else:

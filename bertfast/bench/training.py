@@ -38,10 +38,11 @@ import torch
 from bertfast import ops
 from bertfast.bench.e2e import (
     ERR_RULE_FACTOR,
-    compile_on_cpu_reason,
     describe_error,
     err_atol,
     model_flops,
+    skip_entry,
+    unavailable_reason,
 )
 from bertfast.bench.runners import ModelSource, fp32_reference_precision, make_inputs
 from bertfast.bench.settings import VARLEN_FILL, BenchSettings, Case, TrainCase
@@ -553,16 +554,7 @@ def finish_training_rows(rows: list[dict]) -> None:
 
 def train_skip(backend: str, reason: str, config: str | None = None, **where) -> dict:
     """A training row that was not measured, and why; None fields mean "every one"."""
-    entry = {"kind": "train", "backend": backend, "config": config, "head": None}
-    entry.update({"batch": None, "seq": None, "dtype": None})
-    entry.update(where)
-    entry["reason"] = reason
-    return entry
-
-
-def _unavailable(name: str, device: torch.device, settings: BenchSettings) -> str | None:
-    reason = compile_on_cpu_reason(name, device, settings)
-    return reason or TRAINERS[name].unavailable_reason(device)
+    return skip_entry(backend, reason, config, kind="train", **where)
 
 
 def run_training(
@@ -580,7 +572,7 @@ def run_training(
             reason = INFERENCE_ONLY.get(name, "no training runner (bertfast.bench.training)")
             skipped.append(train_skip(name, reason))
             continue
-        reason = _unavailable(name, device, settings)
+        reason = unavailable_reason(TRAINERS, name, device, settings)
         if reason is None:
             active.append(name)
         else:

@@ -238,45 +238,31 @@ def torch_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Settings whose change makes a resumed run a different run (compared as a dict: order free):
+# the optimisation options both commands share, then each command's own.
+TRAINING_FINGERPRINT = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "gradient_accumulation",
+    "seed",
+    "max_length",
+    "max_grad_norm",
+    "autocast",
+    "backend",
+    "max_steps",
+)
 PRETRAIN_FINGERPRINT = (
     "corpus",
     "config",
     "tokenizer",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "warmup_ratio",
-    "weight_decay",
-    "gradient_accumulation",
-    "seed",
-    "max_length",
+    *TRAINING_FINGERPRINT,
     "mlm_probability",
     "whole_word_mask",
-    "max_grad_norm",
-    "autocast",
-    "backend",
-    "max_steps",
 )
-
-
-# Settings whose change makes a resumed run a different run.
-FINGERPRINT = (
-    "task",
-    "train",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "warmup_ratio",
-    "weight_decay",
-    "gradient_accumulation",
-    "seed",
-    "max_length",
-    "stride",
-    "max_grad_norm",
-    "autocast",
-    "backend",
-    "max_steps",
-)
+FINGERPRINT = ("task", "train", *TRAINING_FINGERPRINT, "stride")
 
 
 def add_training_arguments(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
