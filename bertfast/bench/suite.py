@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from bertfast.bench.settings import BenchSettings
 from bertfast.bench.stats import load_average, load_warning
 from bertfast.bench.timing import measure_ceilings
 from bertfast.bench.training import run_training
+from bertfast.cpu_linear import cpu_model_name
 
 SCHEMA_VERSION = 1
 
@@ -69,17 +69,6 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict:
     """The machine and software a run measured (BERTFAST_GIT_COMMIT names the commit where the
     checkout has no .git, as on a device copy)."""
@@ -94,7 +83,7 @@ def environment(device: torch.device) -> dict:
             "cuda": torch.version.cuda,
         }
     else:
-        info = {"type": device.type, "name": _cpu_name(), "threads": torch.get_num_threads()}
+        info = {"type": device.type, "name": cpu_model_name(), "threads": torch.get_num_threads()}
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain")) if commit else None
     return {
