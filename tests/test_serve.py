@@ -555,6 +555,22 @@ def test_bad_unicode_is_a_json_4xx_counted_as_a_failure(servers, client):
     assert metric(after, *failure) == metric(before, *failure) + 1
 
 
+def test_a_body_that_is_not_utf8_is_a_json_422(servers, client):
+    """JSON in UTF-16 or UTF-32 (which json.loads would take) is refused: in those the
+    surrogate check could not see the escapes, and the echoed model name was a plain-text 500."""
+    url = servers["embed"]
+    text = json.dumps({"input": "a", "model": "\ud800"}, ensure_ascii=False)
+    for encoding in ("utf-16", "utf-32"):
+        raw = text.encode(encoding, "surrogatepass")
+        headers = {"content-type": "application/json"}
+        r = client.post(url + "/v1/embeddings", content=raw, headers=headers)
+        assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text
+        assert "not UTF-8" in r.json()["error"]["message"]
+    # A byte-order mark before UTF-8 JSON is allowed (RFC 8259 lets a parser ignore it).
+    r = client.post(url + "/embed", content=b"\xef\xbb\xbf" + b'{"inputs": "a"}', headers=headers)
+    assert r.status_code == 200, r.text
+
+
 def test_tokenize_has_the_input_limits_of_embed(servers, client, model_dirs):
     url = servers["embed"]
     tok = transformers.AutoTokenizer.from_pretrained(model_dirs["minilm"])
@@ -914,3 +930,6 @@ def test_cli_errors_name_the_problem(capsys, tmp_path):
     assert "max_batch_tokens must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--timeout-body", "0"]) == 2
     assert "timeout_body must be a positive number of seconds" in capsys.readouterr().err
+    # An empty key (--api-key "$KEY" with KEY unset) is refused, not taken as "no key".
+    assert main(["serve", "--port", "0", "--api-key", ""]) == 2
+    assert "api_key must be non-empty" in capsys.readouterr().err

@@ -10,10 +10,12 @@ second). All traffic goes to 127.0.0.1 and is bounded in count and time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
+import types
 
 import pytest
 
@@ -226,9 +228,9 @@ def test_rerank_on_an_idle_server_is_not_refused_by_the_queue_bound(gated):
 def test_connections_are_bounded_apart_from_inference(gated):
     with running(gated, max_connections=3, max_concurrent_requests=8) as (url, router, *_):
         body = json.dumps({"inputs": "slow"}).encode()
-        held = [raw_partial_request(url, "/embed", body) for _ in range(2)]
-        until(lambda: router.reading == 2, "two bodies in progress")
-        # A third connection reaches the bound (uvicorn counts the new one too).
+        held = [raw_partial_request(url, "/embed", body) for _ in range(3)]
+        until(lambda: router.reading == 3, "three bodies in progress")
+        # A fourth connection is one more than max_connections.
         r = httpx.get(url + "/health", timeout=WAIT)
         assert r.status_code == 503, r.text
         for sock, rest in held:
@@ -245,3 +247,22 @@ def test_settings_refuse_timeouts_that_are_not_positive():
             ServeSettings(**{name: 0}).check()
     with pytest.raises(ValueError, match="max_connections must be a positive integer, got 0"):
         ServeSettings(max_connections=0).check()
+
+
+def test_inputs_of_departed_clients_do_not_fill_the_queue():
+    """A queue full of cancelled inputs (clients that went away during a long forward) takes
+    a live request instead of answering 429."""
+    from bertfast.serve.batcher import Batcher
+
+    async def scenario():
+        backend = types.SimpleNamespace(padding_free=True)
+        batcher = Batcher(backend, max_batch_tokens=100, max_batch_requests=None, max_queue=4)
+        seq = types.SimpleNamespace(length=3)
+        for item in batcher.submit([seq] * 4):
+            item.future.cancel()
+        live = batcher.submit([seq, seq])
+        assert len(batcher._queue) == 2 and all(not i.future.done() for i in live)
+        with pytest.raises(Exception, match="the queue is full"):
+            batcher.submit([seq] * 3)
+
+    asyncio.run(scenario())

@@ -96,9 +96,16 @@ def is_openai(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
 
 
-def error_response(err: ServeError, openai: bool = False, **headers: str) -> JSONResponse:
+def error_response(err: ServeError, openai: bool = False, **headers: str) -> Response:
+    """The error's JSON answer. Serialised ASCII-only, so a message that echoes the client's
+    text (a lone surrogate included) can always be encoded."""
     body = err.openai_body() if openai else err.body()
-    return JSONResponse(body, status_code=err.status, headers=headers or None)
+    return Response(
+        json.dumps(body, ensure_ascii=True),
+        status_code=err.status,
+        headers=headers or None,
+        media_type="application/json",
+    )
 
 
 class Timing:
@@ -187,7 +194,13 @@ def _lone_surrogate(value: Any) -> str | None:
 def parse_body(raw: bytes) -> dict:
     """The request's JSON object, or a 422 naming what is wrong with it."""
     try:
-        body = json.loads(raw)
+        # JSON over HTTP is UTF-8 (RFC 8259): json.loads(bytes) would also take UTF-16 and
+        # UTF-32, where the surrogate check below cannot see the escapes.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise errors.validation(f"the body is not UTF-8, as JSON must be: {exc}") from None
+    try:
+        body = json.loads(text)
     except RecursionError:
         raise errors.validation("malformed JSON body: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -195,7 +208,7 @@ def parse_body(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise errors.validation(f"the body must be a JSON object, got {_type_name(body)}")
     # A lone surrogate can only come from a \uD800-\uDFFF escape: skip the walk without one.
-    if b"\\ud" in raw or b"\\uD" in raw:
+    if "\\ud" in text or "\\uD" in text:
         where = _lone_surrogate(body)
         if where is not None:
             raise errors.validation(
@@ -802,6 +815,8 @@ class Router:
                 raise ServeError(499, errors.DROPPED, "the client closed the connection")
         finally:
             watch.cancel()
+            if not task.done():  # this handler was cancelled (shutdown): drop its inputs too
+                task.cancel()
         return task.result()
 
 

@@ -91,6 +91,10 @@ class Batcher:
     def submit(self, seqs: list[Sequence]) -> list[Item]:
         """Queue a request's inputs (all or none); their futures give the results."""
         if len(self._queue) + len(seqs) > self.max_queue:
+            # Inputs of departed clients still wait in the queue: drop them before refusing.
+            self._queue = type(self._queue)(i for i in self._queue if not i.future.done())
+            self._set_queue_size()
+        if len(self._queue) + len(seqs) > self.max_queue:
             raise errors.overloaded(
                 f"the queue is full ({len(self._queue)} inputs waiting, at most {self.max_queue})"
             )

@@ -37,7 +37,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
         max_connections=args.max_connections,
         log_format=args.log_format,
-        api_key=args.api_key or os.environ.get("API_KEY") or None,
+        # An empty --api-key (e.g. "$KEY" with KEY unset) reaches the settings' check and is
+        # refused there; it must not mean "no key".
+        api_key=args.api_key if args.api_key is not None else os.environ.get("API_KEY") or None,
         served_model_names=args.served_model_name,
     )
     return serve(settings)

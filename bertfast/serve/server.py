@@ -83,7 +83,8 @@ def build_server(app, settings: ServeSettings, on_ready=None, on_signal=None) ->
         # Requests in progress get this long after a signal; then they are cancelled.
         timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
         timeout_keep_alive=settings.timeout_keep_alive,
-        limit_concurrency=settings.max_connections,
+        # uvicorn counts the arriving connection too: with N it serves N - 1.
+        limit_concurrency=settings.max_connections + 1,
     )
     return GracefulServer(config, on_ready=on_ready, on_signal=on_signal)
 
