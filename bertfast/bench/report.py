@@ -7,6 +7,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from bertfast.bench import gpu_model
 from bertfast.bench.settings import E2E_BACKENDS, TRAIN_BACKENDS
 
 E2E_COLUMNS = [
@@ -262,6 +263,10 @@ def render_markdown(results: dict) -> str:
             lines.append(f"- {s.get('kind', 'e2e')} `{s['backend']}` ({_where(s)}): {s['reason']}")
     if "elapsed_s" in results:
         lines += ["", f"Run took {results['elapsed_s']:.0f} s."]
+    if results.get("model_estimates"):
+        # A GPU run's own card gets its measured rows beside the estimate.
+        measured = gpu_model.measured(results) if device.get("type") == "cuda" else None
+        lines += ["", gpu_model.markdown(results["model_estimates"], measured).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

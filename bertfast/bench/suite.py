@@ -158,11 +158,7 @@ def run_suite(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_json(results, out / "results.json")
-    markdown = render_markdown(results)
-    if "model_estimates" in results:
-        got = gpu_model.measured(results) if card else None
-        markdown += "\n" + gpu_model.markdown(results["model_estimates"], got)
-    (out / "results.md").write_text(markdown)
+    (out / "results.md").write_text(render_markdown(results))
     written = [json_path, out / "results.md"]
     try:
         written += plot_results(json_path, out)
