@@ -370,6 +370,9 @@ def test_changed_settings_are_refused(tiny_dir, tiny_encoder, corpus, tmp_path):
         embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, max_length=64)
     with pytest.raises(ValueError, match="normalize"):
         embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, normalize=True)
+    # int8 and fp32 vectors never mix in one output (the model's dtype cannot tell them apart).
+    with pytest.raises(ValueError, match=r"quantize: was None, now 'int8'"):
+        embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir, quantize="int8")
     # The same settings again: everything is already there.
     manifest = embed(tiny_encoder, [path], tmp_path / "o", model=tiny_dir)
     assert manifest["count"] == 230

@@ -606,6 +606,19 @@ def test_payload_limit_and_unknown_route(servers, client):
     assert r.status_code == 404 and "routes:" in r.json()["error"]
 
 
+def wait_for_line(server: Server, pattern: str) -> str:
+    """The first output line matching ``pattern`` (access lines follow the answer closely)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in list(server.lines):
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.05)
+    pytest.fail(f"no line matching {pattern!r}:\n" + server.log())
+
+
 def raw_partial_request(url: str, route: str, body: bytes) -> tuple[socket.socket, bytes]:
     """Send a POST's headers and all but the last byte of its body; return the socket and
     the missing byte (the server waits for it, up to --timeout-body)."""
@@ -710,8 +723,6 @@ def test_metrics_under_tei_names(servers, client):
 
 
 def test_access_logs_in_tei_style(servers, client):
-    from tests.test_serve_api import wait_for_line
-
     texts = ["a", "b", "c", "d", "e"]  # five: no other /rerank request of this module has
     r = post(client, servers["reranker"], "/rerank", {"query": "a cat", "texts": texts})
     assert r.status_code == 200

@@ -2,10 +2,11 @@
 OpenAPI document (every route answers as it says; schemathesis fuzzing finds no 5xx), the API
 key, access logs, and /metrics under TEI's names.
 
-Two servers start once for the module, in parallel: a tiny random embedding model behind an
-API key (given in the environment), with two served names and JSON logs; and a tiny random
-cross-encoder with text logs. Vectors are checked against transformers and
-sentence-transformers run here. All traffic goes to 127.0.0.1, bounded in count and time.
+One server starts once for the module: a tiny random embedding model behind an API key
+(given in the environment), with two served names and JSON logs (the cross-encoder's spec,
+the text access logs and /metrics are checked in tests/test_serve.py). Vectors are checked
+against transformers and sentence-transformers run here. All traffic goes to 127.0.0.1,
+bounded in count and time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.test_serve import (  # noqa: E402
     Server,
     assert_close,
     tiny_checkpoint,
+    wait_for_line,
     write_vocab,
 )
 
@@ -212,19 +214,6 @@ def test_api_key(urls, client, servers):
 
 
 # -- logs and metrics -------------------------------------------------------------------------
-
-
-def wait_for_line(server: Server, pattern: str) -> str:
-    """The first output line matching ``pattern`` (access lines follow the answer closely)."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in list(server.lines):
-            if re.search(pattern, line):
-                return line
-        time.sleep(0.05)
-    pytest.fail(f"no line matching {pattern!r}:\n" + server.log())
 
 
 def test_access_logs_in_json(urls, client, servers):

@@ -425,6 +425,7 @@ class CorpusEmbedder:
             "model": str(model_dir.resolve()),
             "model_fingerprint": model_fingerprint(model_dir),
             "compute_dtype": DTYPE_NAMES.get(model.dtype, str(model.dtype)),
+            "quantize": opts.quantize,  # an int8 model still reports float32
             "dtype": opts.output_dtype,
             "max_length": self.max_length,
             "pooling": self.encoder.pooling,
