@@ -93,7 +93,7 @@ def sync_guard_hooks(monkeypatch):
 
         return launch
 
-    monkeypatch.setattr(ops, "get_kernel", paused_kernel)
+    monkeypatch.setattr(ops.registry, "get_kernel", paused_kernel)
 
 
 class RecordingCapture:

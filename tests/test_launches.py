@@ -55,7 +55,7 @@ def counter(monkeypatch):
 
         return launch
 
-    monkeypatch.setattr(ops, "get_kernel", counted)
+    monkeypatch.setattr(ops.registry, "get_kernel", counted)
     return counting
 
 

@@ -111,7 +111,7 @@ def check_kernel_device(
             "CUDA tensors only"
         )
     if backend == "triton" and device.type != "cuda":
-        from bertfast.ops import triton_interpreter_enabled
+        from bertfast.ops.registry import triton_interpreter_enabled
 
         if device.type != "cpu":
             raise RuntimeError(

@@ -31,7 +31,7 @@ def dropout_kwargs(dropout_p: float, seed: torch.Tensor | None) -> dict:
 
 def check_kernel_dropout(what: str, op: str, backend: str, dropout_p: float) -> None:
     """Dropout is for training: a kernel backend without ``op``'s backward refuses it."""
-    from bertfast.ops import KERNEL_BACKWARD_OPS
+    from bertfast.ops.registry import KERNEL_BACKWARD_OPS
 
     if dropout_p and op not in KERNEL_BACKWARD_OPS.get(backend, ()):
         raise NotImplementedError(

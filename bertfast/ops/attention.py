@@ -137,7 +137,7 @@ def _check_kernel_support(qkv: torch.Tensor, num_heads: int, backend: str) -> No
     """Head dims the kernels are built for; the device last (errors show without a GPU)."""
     if backend == "torch":
         return
-    from bertfast.ops import KERNEL_HEAD_DIMS
+    from bertfast.ops.registry import KERNEL_HEAD_DIMS
 
     head_dim = qkv.shape[-1] // 3 // num_heads
     if head_dim not in KERNEL_HEAD_DIMS:
@@ -179,7 +179,7 @@ def _attention_op(
     max_seqlen: int | None,
     backend: str,
 ) -> torch.Tensor:
-    from bertfast.ops import get_kernel
+    from bertfast.ops.registry import get_kernel
 
     return get_kernel("attention", backend)(
         qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen
@@ -205,7 +205,7 @@ def _attention_with_lse_op(
     """The forward of training: (out, lse), lse the (heads, rows) fp32 log-sum-exp the backward
     recomputes the probabilities from (rows: tokens packed, batch * seq padded); with
     ``dropout_p`` the probabilities are dropped by a mask drawn from ``seed``."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     get_backward("attention", backend)  # a backend without a backward says so here
     module = importlib.import_module(f"bertfast.{backend}.attention")
@@ -236,7 +236,7 @@ def _attention_backward_op(
     seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dqkv, laid out as qkv (contiguous)."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     return get_backward("attention", backend)(
         grad, qkv, out, lse, num_heads, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
@@ -316,7 +316,7 @@ def attention(
         # device sync); the backward draws the same mask from it again.
         args = (qkv, num_heads, key_padding_mask, cu_seqlens, max_seqlen, backend)
         return _attention_with_lse_op(*args, check_dropout_p(dropout_p), draw_seed())[0]
-    from bertfast.ops import run_kernel
+    from bertfast.ops.registry import run_kernel
 
     return run_kernel(
         "attention",

@@ -46,7 +46,7 @@ def check_bias_gelu_inputs(
 def _bias_gelu_op(
     x: torch.Tensor, bias: torch.Tensor | None, approximate: str, backend: str
 ) -> torch.Tensor:
-    from bertfast.ops import get_kernel
+    from bertfast.ops.registry import get_kernel
 
     return get_kernel("bias_gelu", backend)(x, bias, approximate)
 
@@ -61,7 +61,7 @@ def _bias_gelu_backward_op(
     grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dbias); dbias is empty when there is no bias."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     return get_backward("bias_gelu", backend)(grad, x, bias, approximate)
 
@@ -103,7 +103,7 @@ def bias_gelu(
         check_bias_gelu_inputs(x, bias, approximate, backend)
     if backend == "torch":
         return bias_gelu_reference(x, bias, approximate)
-    from bertfast.ops import run_kernel
+    from bertfast.ops.registry import run_kernel
 
     return run_kernel("bias_gelu", backend, _bias_gelu_op, x, bias, approximate)
 
@@ -147,7 +147,7 @@ def bias_gelu_linear(
         check_bias_gelu_inputs(x, bias, approximate, backend)
     if backend == "torch":
         return F.linear(bias_gelu_reference(x, bias, approximate), weight)
-    from bertfast.ops import KERNEL_BACKWARD_OPS
+    from bertfast.ops.registry import KERNEL_BACKWARD_OPS
 
     if "bias_gelu" not in KERNEL_BACKWARD_OPS.get(backend, ()):
         return F.linear(bias_gelu(x, bias, approximate, backend, validate=False), weight)

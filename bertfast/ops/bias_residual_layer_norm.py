@@ -83,7 +83,7 @@ def _bias_residual_layer_norm_op(
     dropout_p: float = 0.0,
     seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from bertfast.ops import get_backward, get_kernel
+    from bertfast.ops.registry import get_backward, get_kernel
 
     if dropout_p:
         get_backward("bias_residual_layer_norm", backend)  # dropout is for training: say if not
@@ -111,7 +111,7 @@ def _bias_residual_layer_norm_backward_op(
     """(dresidual, dx, dbias, dweight, dln_bias): dresidual is the gradient of the LayerNorm's
     input; dx that of x (empty without dropout, where it equals dresidual); dbias is empty
     without a bias."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     backward = get_backward("bias_residual_layer_norm", backend)
     return backward(grad, x, bias, residual, weight, eps, **dropout_kwargs(dropout_p, seed))
@@ -178,7 +178,7 @@ def bias_residual_layer_norm(
         check_kernel_dropout("hidden", "bias_residual_layer_norm", backend, dropout_p)
         args = (x, bias, residual, weight, ln_bias, float(eps), backend)
         return _bias_residual_layer_norm_op(*args, dropout_p, draw_seed())
-    from bertfast.ops import run_kernel
+    from bertfast.ops.registry import run_kernel
 
     return run_kernel(
         "bias_residual_layer_norm",

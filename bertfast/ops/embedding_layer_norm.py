@@ -119,7 +119,7 @@ def _embedding_layer_norm_op(
     dropout_p: float = 0.0,
     seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from bertfast.ops import get_backward, get_kernel
+    from bertfast.ops.registry import get_backward, get_kernel
 
     args = (
         input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
@@ -153,7 +153,7 @@ def _embedding_layer_norm_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dword, dposition, dtoken_type, dweight, dbias): each table's grad is the plain
     scatter-add by id of the sum's gradient, the padding id's row included."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     return get_backward("embedding_layer_norm", backend)(
         grad, input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
@@ -235,7 +235,7 @@ def embedding_layer_norm(
     if dropout_p:
         check_kernel_dropout("embedding", "embedding_layer_norm", backend, dropout_p)
         return _embedding_layer_norm_op(*tensors, float(eps), backend, dropout_p, draw_seed())
-    from bertfast.ops import run_kernel
+    from bertfast.ops.registry import run_kernel
 
     return run_kernel(
         "embedding_layer_norm", backend, _embedding_layer_norm_op, *tensors, float(eps)

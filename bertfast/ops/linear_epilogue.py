@@ -132,7 +132,7 @@ def _linear_epilogue_op(
     dropout_p: float = 0.0,
     seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from bertfast.ops import get_kernel
+    from bertfast.ops.registry import get_kernel
 
     return get_kernel("linear_epilogue", backend)(
         x, weight, bias, epilogue, residual, ln_weight, ln_bias, eps,
@@ -162,7 +162,7 @@ def _linear_epilogue_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dresidual, dln_weight, dln_bias); the last three are empty unless
     the epilogue is ``"bias_residual_layer_norm"``."""
-    from bertfast.ops import get_backward
+    from bertfast.ops.registry import get_backward
 
     return get_backward("linear_epilogue", backend)(
         grad, x, weight, bias, epilogue, residual, ln_weight, eps,
@@ -247,7 +247,7 @@ def linear_epilogue(
     if dropout_p:
         args = (x, weight, bias, epilogue, residual, ln_weight, ln_bias, float(eps), backend)
         return _linear_epilogue_op(*args, dropout_p, draw_seed())
-    from bertfast.ops import run_kernel
+    from bertfast.ops.registry import run_kernel
 
     return run_kernel(
         "linear_epilogue",
