@@ -191,7 +191,7 @@ def main() -> None:
     )
     log(f"batch 1: {batch1.rounds} rounds, {batch1.stopped}")
     load_after = load_average()
-    warning = load_warning(load_before, load_after)
+    warning = load_warning(load_before, load_after, own_threads=args.threads)
     if warning:
         log(f"warning: {warning}")
 

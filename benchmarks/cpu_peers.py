@@ -326,7 +326,7 @@ def drive(args) -> None:
         for w in workers.values():
             w.close()
     load_after = load_average()
-    warning = load_warning(load_before, load_after)
+    warning = load_warning(load_before, load_after, own_threads=args.threads)
     if warning:
         log(f"warning: {warning}")
 

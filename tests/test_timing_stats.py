@@ -155,6 +155,9 @@ def test_load_warning():
     warning = stats.load_warning((0.5, 0.4, 0.3), (3.9, 2.0, 1.0), cpus=2)
     assert "3.90" in warning and "noisy" in warning
     assert stats.load_warning(None, None, cpus=2) is None
+    # The run's own two busy threads are in the load read after it: not other work.
+    assert stats.load_warning((0.5, 0.4, 0.3), (2.6, 1.0, 0.5), cpus=2, own_threads=2) is None
+    assert "1.90" in stats.load_warning(None, (3.9, 2.0, 1.0), cpus=2, own_threads=2)
 
 
 def test_ceiling_is_measured_until_two_readings_agree():

@@ -216,17 +216,24 @@ def load_average() -> tuple[float, float, float] | None:
 
 
 def load_warning(
-    before: Sequence[float] | None, after: Sequence[float] | None, cpus: int | None = None
+    before: Sequence[float] | None,
+    after: Sequence[float] | None,
+    cpus: int | None = None,
+    own_threads: int = 0,
 ) -> str | None:
-    """A warning when the 1-minute load before or after exceeded HIGH_LOAD_PER_CPU per core:
-    other work shared the cores, and the timings carry its noise."""
+    """A warning when the 1-minute load of other work exceeded HIGH_LOAD_PER_CPU per core
+    before or after the run: it shared the cores, and the timings carry its noise. The load
+    read after counts the run's own ``own_threads`` busy threads, which are taken off."""
     cpus = cpus or os.cpu_count() or 1
     limit = HIGH_LOAD_PER_CPU * cpus
-    worst = max((load[0] for load in (before, after) if load), default=None)
+    others = [before[0]] if before else []
+    if after:
+        others.append(max(after[0] - own_threads, 0.0))
+    worst = max(others, default=None)
     if worst is None or worst <= limit:
         return None
     return (
-        f"load average {worst:.2f} (1 min) on {cpus} CPUs, above {limit:.2f}: other work "
+        f"load average of other work {worst:.2f} (1 min) on {cpus} CPUs, above {limit:.2f}: it "
         "shared the cores; figures are noisy, compare only rows measured interleaved"
     )
 

@@ -142,7 +142,10 @@ def run_suite(
         elapsed_s=time.perf_counter() - started,
     )
     load_after = load_average()
-    warning = load_warning(load_before, load_after)
+    # The run's own busy threads are in the load read after it: the CPU's torch threads, or the
+    # one host thread that drives a GPU.
+    own = torch.get_num_threads() if device.type == "cpu" else 1
+    warning = load_warning(load_before, load_after, own_threads=own)
     results["load_average"] = {"before": load_before, "after": load_after, "warning": warning}
     if warning:
         log(f"warning: {warning}")
