@@ -264,7 +264,9 @@ def _compile_inputs(launch, capability: tuple[int, int]) -> dict:
         signature=signature,
         constexprs=constexprs,
         attrs=attrs,
-        options={k: v for k, v in options.__dict__.items() if _plain(v)},
+        # extern_libs names libdevice by its path in this install: left out, so the key (and
+        # the committed report's cache) does not depend on where the checkout lives.
+        options={k: v for k, v in options.__dict__.items() if _plain(v) and k != "extern_libs"},
         source_key=kernel.cache_key,
     )
 
