@@ -13,7 +13,7 @@ echo "test: lint-imports, the architecture's import rules (.importlinter)"
 # Triton kernels run under the interpreter on the CPU (set before triton is imported).
 export TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "test: pytest ${*:-tests}"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
 if [ "$#" -eq 0 ]; then
     echo "test: the pytest-benchmark suite, CPU cases of the quick grid, one round each"
     .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks/ --bench-quick -m "not gpu" \
