@@ -3,8 +3,9 @@
 BERT's three GEMMs that are followed by elementwise work:
 - ``"bias_gelu"`` / ``"bias_gelu_tanh"``: the FFN-up projection and its GELU (erf or tanh form);
 - ``"bias_residual_layer_norm"``: the attention-output and FFN-down projections, their
-  residual add and LayerNorm; the LayerNorm is fused when one tile spans the whole row
-  (hidden size up to ``MAX_FUSED_LAYER_NORM``), else it runs as one light pass after;
+  residual add and LayerNorm; the LayerNorm is fused for rows up to ``MAX_FUSED_LAYER_NORM``
+  wide (a program walks its rows in column chunks, then normalises them), else it runs as one
+  light pass after;
 - ``"bias"``: the plain linear layer.
 
 The GEMM accumulates in fp32 and the epilogue runs on the fp32 accumulator, so the fused form
@@ -40,7 +41,7 @@ from bertfast.ops._dropout import check_dropout_p, draw_seed, dropout_kwargs
 from bertfast.ops.bias_residual_layer_norm import bias_residual_layer_norm_reference
 
 EPILOGUES = ("bias", "bias_gelu", "bias_gelu_tanh", "bias_residual_layer_norm")
-# Widest row whose LayerNorm is computed inside the GEMM tile (BERT-base 768, large 1024).
+# Widest row whose LayerNorm is fused into the GEMM kernel (BERT-base 768, large 1024).
 MAX_FUSED_LAYER_NORM = 1024
 
 
