@@ -7,6 +7,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -18,6 +19,7 @@ from bertfast.bench import (
     render_markdown,
     run_suite,
 )
+from bertfast.bench import kernels as bench_kernels
 from bertfast.bench import runners as bench_runners
 from bertfast.bench.e2e import finish_rows, model_flops
 from bertfast.bench.runners import Runner, RunnerSpec, varlen_lengths
@@ -45,7 +47,23 @@ ROW_FIELDS = {
     "within_rule",
     "compile_s",
 }
-KERNEL_FIELDS = {"op", "backend", "median_ms", "gbps", "tflops", "frac_ceiling", "max_abs_err"}
+KERNEL_FIELDS = {
+    "op",
+    "backend",
+    "median_ms",
+    "gbps",
+    "tflops",
+    "frac_ceiling",
+    "max_abs_err",
+    "ci_low_ms",
+    "ci_high_ms",
+    "noisy",
+    "interleaved",
+    "samples_ms",
+    "speedup_vs_baseline",
+    "speedup_ci_low",
+    "speedup_ci_high",
+}
 
 
 class OffsetRunner(Runner):
@@ -104,6 +122,68 @@ def test_results_file_has_the_schema(suite_run):
     cuda = [s for s in data["skipped"] if s["backend"] == "bertfast-cuda"]
     assert cuda and all(s["reason"] for s in cuda)
     assert any("hf-sdpa" in line for line in lines)  # progress was reported
+
+
+def test_kernel_candidates_of_a_case_share_their_rounds(suite_run):
+    """The candidates of one op, shape and dtype are timed in the same rotating rounds: one
+    sample each per round, the speedup's interval from the per-round ratios."""
+    results, _, _ = suite_run
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["kernel_rows"]:
+        groups.setdefault((r["op"], r["batch"], r["seq"], r["dtype"]), []).append(r)
+    assert any(len(group) > 1 for group in groups.values())
+    for group in groups.values():
+        counts = {len(r["samples_ms"]) for r in group}
+        assert len(counts) == 1 and counts == {group[0]["repeats"]}
+        assert all(r["interleaved"] is (len(group) > 1) for r in group)
+        for r in group:
+            assert r["ci_low_ms"] <= r["median_ms"] <= r["ci_high_ms"]
+            assert r["speedup_ci_low"] <= r["speedup_ci_high"]
+            if r["backend"] == r["baseline"]:  # against itself, round by round: exactly 1
+                assert (r["speedup_ci_low"], r["speedup_ci_high"]) == (1.0, 1.0)
+
+
+def test_kernel_table_shows_the_speedup_interval(suite_run):
+    results, out, _ = suite_run
+    text = (out / "results.md").read_text()
+    assert "| × baseline | × baseline 95 % CI | baseline |" in text
+    row = next(r for r in results["kernel_rows"] if r["backend"] == r["baseline"])
+    head = f"| {row['op']} | {row['backend']} | {row['variant'] or '–'} | {row['batch']} |"
+    line = next(line for line in text.splitlines() if line.startswith(head))
+    assert "| 1–1 |" in line
+
+
+def test_a_kernel_candidate_that_fails_becomes_a_skip_row(monkeypatch):
+    """A candidate failing its first call, or one of the rounds, is a skip entry with its
+    error; the others of the case are still timed and compared."""
+    inputs = [{"x": torch.randn(4, 8)} for _ in range(2)]
+
+    def flaky(x):
+        if x is inputs[1]:
+            raise RuntimeError("kernel failed on the second input set")
+        return x["x"] * 2
+
+    def make_case(cfg, batch, seq, dtype, device, n, kernel_backends):
+        case = bench_kernels.OpCase("double", inputs, lambda x: x["x"] * 2, 256, None)
+        case.candidates += [
+            bench_kernels.Candidate("torch-ref", "", lambda x: x["x"] * 2),
+            bench_kernels.Candidate("bertfast-flaky", "", flaky),
+            bench_kernels.Candidate("bertfast-broken", "", lambda x: x["missing"]),
+        ]
+        return case
+
+    monkeypatch.setattr(bench_kernels, "KERNEL_OPS", ("double",))
+    monkeypatch.setitem(bench_kernels.OP_CASES, "double", make_case)
+    # A time cap (4 x 100 ms per candidate) round 0 never reaches: round 1 (input set 1) runs.
+    settings = make_settings(device="cpu", quick=True, rep_ms=100)
+    settings.kernel_shapes = [(1, 8)]
+    ceilings = {"copy_gbps": 10.0, "matmul_n": 8, "matmul_tflops": {"fp32": 1.0}}
+    rows, skipped = bench_kernels.run_kernels(settings, ceilings, lambda _: None)
+    assert [r["backend"] for r in rows] == ["torch-ref"]
+    assert rows[0]["max_abs_err"] == 0.0 and rows[0]["speedup_vs_baseline"] == 1.0
+    reasons = {s["backend"]: s["reason"] for s in skipped if s.get("op") == "double"}
+    assert reasons["bertfast-flaky"] == "RuntimeError: kernel failed on the second input set"
+    assert reasons["bertfast-broken"].startswith("KeyError")
 
 
 def test_varlen_rows_count_real_tokens(suite_run):
@@ -338,6 +418,24 @@ def test_plots_are_readable(name):
             t.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y1 + 1
             for t in labels
         )  # value labels fit under the top of the axes
+
+
+def test_value_labels_sit_inside_the_axes_above_long_error_bars():
+    """A bar's value label goes above its error bar: the axes leave room for both."""
+    pytest.importorskip("matplotlib")
+    from bertfast.bench import report
+
+    results = _small_results()
+    for row in results["rows"][:2]:
+        row.update(speedup_ci_low=0.5 * row["speedup_vs_hf_sdpa"], speedup_ci_high=4.0)
+    fig = report._e2e_figure(results, "speedup_vs_hf_sdpa", "speedup", "Speedup", 1.0)
+    renderer = _drawn(fig)
+    (ax,) = fig.axes
+    assert ax.get_ylim()[1] > 4.0
+    labels = [t for t in ax.texts if t.get_text()]
+    assert len(labels) == 2
+    top = ax.get_window_extent(renderer).y1
+    assert all(t.get_window_extent(renderer).y1 <= top + 1 for t in labels)
 
 
 def test_pytest_benchmark_grid_reuses_the_suite_cases():

@@ -38,6 +38,13 @@ TRAIN_FIELDS = {
     "p10_ms",
     "p90_ms",
     "speedup_vs_hf_eager",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "ci_low_ms",
+    "ci_high_ms",
+    "noisy",
+    "interleaved",
+    "samples_ms",
     "peak_mib",
     "peak_ratio_vs_hf_eager",
     "loss",
@@ -165,6 +172,68 @@ def test_report_renders_the_training_table_and_plot(training_run):
     assert "**NO**" in wrong
     assert "(hidden 0.1 / attention 0.1)" in text  # the timed rows' dropout is said
     assert (out / "training.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def _compiling(source, head, dropout):
+    """A stand-in for a compiling trainer (bertfast's torch backend; TrainerSpec says it
+    compiles)."""
+    return training.TRAINERS["bertfast-torch"].build(source, head, dropout)
+
+
+def test_training_backends_of_a_case_run_interleaved(monkeypatch):
+    """The backends of a case are timed in the same rotating rounds (one step each per round);
+    a compiling backend followed by another compiling one is timed alone before it, since the
+    other's check would reset torch.compile under it."""
+    monkeypatch.setitem(bench_runners.TINY, "vocab_size", SMALL_VOCAB)
+    for name in ("compiling-a", "compiling-b"):
+        monkeypatch.setitem(
+            training.TRAINERS, name, training.TrainerSpec(_compiling, compiles=True)
+        )
+    calls = []
+    original = training.train_step
+
+    def counting(trainer, optimizer, batch, device, precision):
+        calls.append(trainer)
+        return original(trainer, optimizer, batch, device, precision)
+
+    monkeypatch.setattr(training, "train_step", counting)
+    settings = make_settings(
+        device="cpu",
+        quick=True,
+        forward=False,
+        kernels=False,
+        backends=["hf-eager", "compiling-a", "bertfast-torch", "compiling-b"],
+        train_cases=["tiny:1x4"],
+        train_heads=["classification"],
+    )
+    # One warm-up step, then 4 rounds (the most: 4 x max_reps) under a cap never reached.
+    settings.train_timer = TimerSettings(1, 60_000.0, 1, 1, 1, False)
+    lines = []
+    rows, skipped = training.run_training(settings, {"matmul_tflops": {}}, lines.append)
+    assert skipped == []
+    by_backend = {r["backend"]: r for r in rows}
+    assert list(by_backend) == ["hf-eager", "compiling-a", "bertfast-torch", "compiling-b"]
+    alone = by_backend.pop("compiling-a")
+    assert alone["interleaved"] is False and alone["repeats"] == 4
+    for r in by_backend.values():
+        assert r["interleaved"] is True and len(r["samples_ms"]) == r["repeats"] == 4
+        assert r["ci_low_ms"] <= r["median_ms"] <= r["ci_high_ms"]
+    eager = by_backend["hf-eager"]
+    assert (eager["speedup_ci_low"], eager["speedup_ci_high"]) == (1.0, 1.0)
+    # Interleaved rows: the interval of the per-round ratios; the lone row: the far ends of the
+    # two intervals.
+    assert alone["speedup_ci_low"] == pytest.approx(eager["ci_low_ms"] / alone["ci_high_ms"])
+    assert alone["speedup_ci_high"] == pytest.approx(eager["ci_high_ms"] / alone["ci_low_ms"])
+    # Each backend's first step as it is prepared; compiling-a's warm-up step and 4 rounds
+    # before compiling-b's first step; then the other three's warm-up steps and their rounds,
+    # one step each per round.
+    trainers = list(dict.fromkeys(calls))
+    steps = [trainers.index(t) for t in calls]
+    assert steps[:12] == [0, 1, 2] + [1] * 5 + [3] + [0, 2, 3]
+    rounds = steps[12:]
+    assert len(rounds) == 12
+    assert all(sorted(rounds[i : i + 3]) == [0, 2, 3] for i in range(0, 12, 3))
+    assert any("95 % CI" in line for line in lines)
 
 
 def test_a_backend_without_a_backward_becomes_a_skip_row(monkeypatch):

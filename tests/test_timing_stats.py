@@ -1,15 +1,18 @@
 """The benchmark statistics on synthetic timings: the median's interval from order statistics,
 interleaving order, the stop rule (converged, time cap), noisy marking, paired ratios, the load
-warning, ceilings re-measured until stable, and how the report shows them. No real timing."""
+warning, ceilings re-measured until stable, a candidate failing its warm-up, and how the report
+shows them (intervals, error bars). No timing is asserted."""
 
 import itertools
 import random
 
 import pytest
+import torch
 
 from bertfast.bench import stats
-from bertfast.bench.report import _table, machine_lines
-from bertfast.bench.timing import summarise
+from bertfast.bench.report import _row_interval, _table, machine_lines
+from bertfast.bench.settings import TimerSettings
+from bertfast.bench.timing import benchmark_interleaved, summarise
 
 
 @pytest.mark.parametrize(
@@ -221,3 +224,39 @@ def test_ci_width_setting_reaches_both_timers():
     assert make_settings(device="cpu", quick=True).timer.ci_width == stats.DEFAULT_CI_WIDTH
     with pytest.raises(ValueError, match="ci_width"):
         make_settings(device="cpu", quick=True, ci_width=0.0)
+
+
+def test_benchmark_interleaved_drops_a_candidate_that_fails_its_warm_up():
+    """A failure in the warm-up is the candidate's, like one in the rounds: the others run."""
+    timer = TimerSettings(1, 50.0, 1, 2, 1, False)
+    calls = []
+
+    def broken(i):
+        raise RuntimeError("no kernel for this shape")
+
+    timings, failed = benchmark_interleaved(
+        {"ok": calls.append, "broken": broken}, torch.device("cpu"), timer
+    )
+    assert set(timings) == {"ok"} and timings["ok"].repeats == len(calls) - 1  # - warm-up
+    assert set(failed) == {"broken"} and "no kernel" in str(failed["broken"])
+    timings, failed = benchmark_interleaved({"broken": broken}, torch.device("cpu"), timer)
+    assert timings == {} and set(failed) == {"broken"}
+
+
+def test_plotted_intervals():
+    """Error bars: a speedup's own interval; a rate's from the time's; none for a ratio of
+    memory."""
+    row = {
+        "median_ms": 2.0,
+        "ci_low_ms": 1.0,
+        "ci_high_ms": 4.0,
+        "frac_ceiling": 0.5,
+        "speedup_vs_baseline": 1.5,
+        "speedup_ci_low": 1.2,
+        "speedup_ci_high": 1.8,
+        "peak_ratio_vs_hf_eager": 0.9,
+    }
+    assert _row_interval(row, "speedup_vs_baseline") == (1.2, 1.8)
+    assert _row_interval({**row, "speedup_ci_low": None}, "speedup_vs_hf_eager") is None
+    assert _row_interval(row, "frac_ceiling") == (0.25, 1.0)  # rate ~ 1 / time
+    assert _row_interval(row, "peak_ratio_vs_hf_eager") is None

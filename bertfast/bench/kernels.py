@@ -16,7 +16,9 @@ bytes per element:
   unfused path of each kernel backend (F.linear, then the fused elementwise op) and torch
 
 Attention and the GEMMs are judged in TFLOP/s against the matmul ceiling, the others in GB/s
-against the copy ceiling.
+against the copy ceiling. The candidates of one op, shape and dtype that pass their first call
+are timed together, one call each per rotating round (``timing.benchmark_interleaved``), so a
+burst of load hits them alike and each speedup carries the interval of its per-round ratios.
 
 Forward + backward rows (``run_kernel_backwards``): each op that has a backward on some kernel
 backend (``ops.KERNEL_BACKWARD_OPS``) runs its forward and ``torch.autograd.grad`` on the same
@@ -51,11 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from bertfast import ops
-from bertfast.bench.e2e import describe_error, max_abs_err
+from bertfast.bench.e2e import describe_error, max_abs_err, speedup_interval
 from bertfast.bench.runners import RUNNERS, fp32_reference_precision
 from bertfast.bench.settings import DTYPES, BenchSettings
 from bertfast.bench.stats import fraction_of_ceiling
-from bertfast.bench.timing import Timing, benchmark, empty_cache, synchronize
+from bertfast.bench.timing import Timing, benchmark_interleaved, empty_cache, synchronize
 from bertfast.config import BertConfig
 
 KERNEL_OPS = (
@@ -749,7 +751,8 @@ def _first_call(cand: Candidate, x: dict, device: torch.device) -> torch.Tensor 
 
 
 def finish_kernel_rows(rows: list[dict]) -> None:
-    """Speedup over the fastest non-bertfast candidate of the same op, shape and dtype."""
+    """Speedup over the fastest non-bertfast candidate of the same op, shape and dtype, with
+    its 95 % interval (from the per-round ratios: the candidates of a case run interleaved)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["op"], r["batch"], r["seq"], r["dtype"]), []).append(r)
@@ -761,6 +764,7 @@ def finish_kernel_rows(rows: list[dict]) -> None:
         for r in group:
             r["baseline"] = best["backend"]
             r["speedup_vs_baseline"] = best["median_ms"] / r["median_ms"]
+            r["speedup_ci_low"], r["speedup_ci_high"] = speedup_interval(best, r)
 
 
 def _kernel_backends(
@@ -810,10 +814,8 @@ def run_kernels(
                 )
                 with fp32_reference_precision(), torch.inference_mode():
                     reference = case.reference(case.inputs[0])
-                for cand in case.candidates:
-                    row = _measure(
-                        case, cand, reference, batch, seq, dtype_name, settings, ceilings
-                    )
+                measured = _measure(case, reference, batch, seq, dtype_name, settings, ceilings)
+                for cand, row in measured:
                     if isinstance(row, str):
                         entry = _skip(op, cand, batch, seq, dtype_name, row)
                         skipped.append(entry)
@@ -854,10 +856,10 @@ def run_kernel_backwards(
                     cfg, batch, seq, dtype, device, settings.timer.n_inputs, kernel_backends
                 )
                 reference = case.reference_grads()
-                for cand in case.candidates:
-                    row = _measure_backward(
-                        case, cand, reference, batch, seq, dtype_name, settings, ceilings
-                    )
+                measured = _measure_backward(
+                    case, reference, batch, seq, dtype_name, settings, ceilings
+                )
+                for cand, row in measured:
                     if isinstance(row, str):
                         skipped.append({**_skip(op, cand, batch, seq, dtype_name, row), **where})
                         what = f"{op} fwd+bwd {cand.backend} {cand.variant}"
@@ -871,39 +873,106 @@ def run_kernel_backwards(
     return rows, skipped
 
 
+def _in_context(cand: Candidate, fn: Callable[[int], object]) -> Callable[[int], object]:
+    """``fn`` run inside the candidate's context (an SDPA backend forced), entered per call:
+    interleaved candidates cannot share one context."""
+    if cand.context is contextlib.nullcontext:
+        return fn
+
+    def run(i: int) -> object:
+        with cand.context():
+            return fn(i)
+
+    return run
+
+
+def _measure_interleaved(
+    candidates: list[Candidate],
+    first: Callable[[Candidate], object],
+    call: Callable[[Candidate], Callable[[int], object]],
+    make_row: Callable[[Candidate, Timing, object, bool], dict],
+    device: torch.device,
+    settings: BenchSettings,
+) -> list[tuple[Candidate, dict | str]]:
+    """Each candidate's row, or the reason it could not run. ``first(cand)`` makes its first
+    call and returns what the row needs of it (its error), or a string saying why it failed;
+    the candidates that ran are then timed together in rotating rounds (``call(cand)(i)``: one
+    call on input set ``i``), so one burst of load hits them alike and their ratios come from
+    the same rounds; ``make_row(cand, timing, first's answer, interleaved)`` writes a row."""
+    outcome: dict[int, dict | str] = {}
+    checked: dict[int, object] = {}
+    for k, cand in enumerate(candidates):
+        answer = first(cand)
+        if isinstance(answer, str):
+            empty_cache(device)
+            outcome[k] = answer
+        else:
+            checked[k] = answer
+    labels = {k: f"{k} {candidates[k].backend} {candidates[k].variant}".strip() for k in checked}
+    fns = {labels[k]: _in_context(candidates[k], call(candidates[k])) for k in checked}
+    timings, failed = benchmark_interleaved(fns, device, settings.timer)
+    for k, answer in checked.items():
+        label = labels[k]
+        if label in failed:
+            empty_cache(device)
+            outcome[k] = describe_error(failed[label])
+        else:
+            outcome[k] = make_row(candidates[k], timings[label], answer, len(timings) > 1)
+    return [(cand, outcome[k]) for k, cand in enumerate(candidates)]
+
+
 def _measure_backward(
-    case: BackwardCase, cand, reference, batch, seq, dtype_name, settings, ceilings
-) -> dict | str:
-    """The candidate's forward + backward row, or the reason it could not run."""
+    case: BackwardCase, reference, batch, seq, dtype_name, settings, ceilings
+) -> list[tuple[Candidate, dict | str]]:
+    """Each candidate's forward + backward row, or the reason it could not run."""
     device = torch.device(settings.device)
     n = len(case.inputs)
-    grads = backward_first_call(case, cand, device)
-    if isinstance(grads, str):
-        empty_cache(device)
-        return grads
-    err, worst = grad_error(grads, reference)
-    del grads
-    with cand.context():
-        timing = benchmark(lambda i: forward_backward(case, cand, i % n), device, settings.timer)
-    row = kernel_row(case, cand, timing, err, batch, seq, dtype_name, ceilings)
-    row.update({"pass": BACKWARD_PASS, "worst_grad": worst})
-    return row
+
+    def first(cand: Candidate) -> tuple[float | None, str | None] | str:
+        grads = backward_first_call(case, cand, device)
+        return grads if isinstance(grads, str) else grad_error(grads, reference)
+
+    def make_row(cand: Candidate, timing: Timing, error, interleaved: bool) -> dict:
+        err, worst = error
+        row = kernel_row(case, cand, timing, err, batch, seq, dtype_name, ceilings, interleaved)
+        row.update({"pass": BACKWARD_PASS, "worst_grad": worst})
+        return row
+
+    return _measure_interleaved(
+        case.candidates,
+        first,
+        lambda cand: lambda i: forward_backward(case, cand, i % n),
+        make_row,
+        device,
+        settings,
+    )
 
 
-def _measure(case, cand, reference, batch, seq, dtype_name, settings, ceilings) -> dict | str:
-    """The candidate's row, or the reason it could not run."""
+def _measure(
+    case: OpCase, reference, batch, seq, dtype_name, settings, ceilings
+) -> list[tuple[Candidate, dict | str]]:
+    """Each candidate's row, or the reason it could not run."""
     device = torch.device(settings.device)
     n = len(case.inputs)
-    with torch.inference_mode():
+
+    def first(cand: Candidate) -> float | None | str:
         out = _first_call(cand, case.inputs[0], device)
         if isinstance(out, str):
-            empty_cache(device)
             return out
-        err = max_abs_err(out.reshape(reference.shape), reference, None)
-        del out
-        with cand.context():
-            timing = benchmark(lambda i: cand.fn(case.inputs[i % n]), device, settings.timer)
-    return kernel_row(case, cand, timing, err, batch, seq, dtype_name, ceilings)
+        return max_abs_err(out.reshape(reference.shape), reference, None)
+
+    def make_row(cand: Candidate, timing: Timing, err, interleaved: bool) -> dict:
+        return kernel_row(case, cand, timing, err, batch, seq, dtype_name, ceilings, interleaved)
+
+    with torch.inference_mode():
+        return _measure_interleaved(
+            case.candidates,
+            first,
+            lambda cand: lambda i: cand.fn(case.inputs[i % n]),
+            make_row,
+            device,
+            settings,
+        )
 
 
 def kernel_row(
@@ -915,8 +984,10 @@ def kernel_row(
     seq: int,
     dtype_name: str,
     ceilings: dict,
+    interleaved: bool = False,
 ) -> dict:
-    """A measured candidate's row: its rates and their fraction of the device's ceiling."""
+    """A measured candidate's row: its rates and their fraction of the device's ceiling;
+    ``interleaved``: timed in rounds with the other candidates of its case."""
     seconds = timing.median_ms * 1e-3
     gbps = case.bytes / seconds / 1e9
     tflops = case.flops / seconds / 1e12 if case.flops is not None else None
@@ -937,6 +1008,8 @@ def kernel_row(
         "p90_ms": timing.p90_ms,
         "repeats": timing.repeats,
         **timing.row_fields(),
+        "interleaved": interleaved,
+        "samples_ms": [float(f"{t:.4g}") for t in timing.samples_ms],
         "bytes": case.bytes,
         "flops": case.flops,
         "gbps": gbps,
@@ -946,6 +1019,8 @@ def kernel_row(
         "ceiling_note": ceiling_note,
         "baseline": None,
         "speedup_vs_baseline": None,
+        "speedup_ci_low": None,
+        "speedup_ci_high": None,
         "max_abs_err": err,
     }
 
@@ -958,6 +1033,7 @@ def _progress(row: dict) -> str:
     op = row["op"] + (" fwd+bwd" if row.get("pass") == BACKWARD_PASS else "")
     return (
         f"kernel {op} b{row['batch']}×s{row['seq']} {row['dtype']} {row['backend']}"
-        f"{' ' + row['variant'] if row['variant'] else ''}: {row['median_ms']:.4f} ms, "
-        f"{value}, err {err}"
+        f"{' ' + row['variant'] if row['variant'] else ''}: {row['median_ms']:.4f} ms "
+        f"(95 % CI [{row['ci_low_ms']:.4f}, {row['ci_high_ms']:.4f}], n={row['repeats']}"
+        f"{', NOISY' if row['noisy'] else ''}), {value}, err {err}"
     )

@@ -52,6 +52,7 @@ KERNEL_COLUMNS = [
     ("tflops", "TFLOP/s", ".3g"),
     ("frac_ceiling", "of ceiling", "%"),
     ("speedup_vs_baseline", "× baseline", ".2f"),
+    ("speedup_ci", "× baseline 95 % CI", "ci"),
     ("baseline", "baseline", "s"),
     ("max_abs_err", "max abs err", ".2e"),
 ]
@@ -75,6 +76,7 @@ TRAIN_COLUMNS = [
     ("p10_ms", "p10 ms", ".4g"),
     ("p90_ms", "p90 ms", ".4g"),
     ("speedup_vs_hf_eager", "× hf-eager", ".2f"),
+    ("speedup_ci", "× hf-eager 95 % CI", "ci"),
     ("tokens_per_s", "tokens/s", ",.0f"),
     ("frac_ceiling", "of matmul ceiling", "%"),
     ("peak_mib", "peak MiB", ",.0f"),
@@ -121,7 +123,8 @@ def load_results(path: str | Path) -> dict:
     return data
 
 
-# Row fields behind the two-number cells: "95 % CI ms" and "× hf-sdpa 95 % CI".
+# Row fields behind the two-number cells: "95 % CI ms" and the speedup's "95 % CI" (against
+# hf-sdpa, the kernel's baseline or hf-eager).
 _INTERVALS = {
     "ci_ms": ("ci_low_ms", "ci_high_ms"),
     "speedup_ci": ("speedup_ci_low", "speedup_ci_high"),
@@ -186,8 +189,8 @@ def machine_lines(results: dict) -> list[str]:
             "fraction of it is left out rather than shown above 100 %."
         )
     noisy = sum(
-        1 for key in ("rows", "kernel_rows", "training_rows") for r in results.get(key, [])
-        if r.get("noisy")
+        1 for key in ("rows", "kernel_rows", "kernel_backward_rows", "training_rows")
+        for r in results.get(key, []) if r.get("noisy")
     )  # fmt: skip
     if noisy:
         lines.append(
@@ -352,8 +355,9 @@ def _settings_line(settings: dict) -> str:
         + (", L2 flushed before each call" if timer.get("flush_l2") else "")
         + f"; repeated until the median's 95 % interval is within "
         f"{100 * timer.get('ci_width', 0.05):.0f} % of it or the time cap (4x) is hit; the "
-        "end-to-end backends of a case run interleaved (one call each per rotating round), "
-        "compiled ones right after their compile."
+        "backends of an end-to-end case, the candidates of a kernel case and the backends of a "
+        "training case run interleaved (one call each per rotating round, speedups from the "
+        "per-round ratios), a compiled end-to-end backend right after its compile."
     )
 
 
@@ -378,9 +382,12 @@ def _bars(
     interval as an error bar; the legend outside the axes, right of them."""
     width = 0.8 / max(len(series), 1)
     vertical = len(labels) * len(series) > 12  # many narrow bars: turn their labels
+    top = _top(series)
     for j, (name, values) in enumerate(series.items()):
         offset = (j - (len(series) - 1) / 2) * width
         yerr = _yerr(values, (intervals or {}).get(name))
+        if yerr is not None:  # a value's label sits above its error bar
+            top = max([top] + [v + up for v, up in zip(values, yerr[1], strict=True) if v == v])
         bars = ax.bar(
             [i + offset for i in range(len(labels))],
             values,
@@ -400,7 +407,7 @@ def _bars(
         )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, _top(series) * (1.25 if vertical else 1.15))  # room for the value labels
+    ax.set_ylim(0, top * (1.25 if vertical else 1.15))  # room for the value labels
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
@@ -432,9 +439,11 @@ def _wrapped(text: str, fig_width_in: float, fontsize: float) -> str:
 
 def _row_interval(r: dict, key: str) -> tuple[float, float] | None:
     """The 95 % interval of a plotted value: the speedup's own, or a rate's from the time's."""
-    if key == "speedup_vs_hf_sdpa":
+    if key in ("speedup_vs_hf_sdpa", "speedup_vs_baseline", "speedup_vs_hf_eager"):
         low, high = r.get("speedup_ci_low"), r.get("speedup_ci_high")
-        return None if low is None else (low, high)
+        return None if low is None or high is None else (low, high)
+    if key not in ("frac_ceiling", "tflops", "gbps", "tokens_per_s"):
+        return None  # not a rate (a memory ratio): no interval
     value, low, high = r.get(key), r.get("ci_low_ms"), r.get("ci_high_ms")
     if value is None or low is None or not low:
         return None
@@ -500,7 +509,18 @@ def _kernel_figure(results: dict, what: str = ""):
             n: [math.nan if value.get((n, c)) is None else value[n, c] for c in labels]
             for n in names
         }
-        _bars(ax, labels, series, "fraction of ceiling", "{:.0%}")
+        by_label = {
+            (f"{r['backend']} {r['variant']}".strip(), f"b{r['batch']}×s{r['seq']} {r['dtype']}"): r
+            for r in op_rows
+        }
+        intervals = {
+            n: [
+                _row_interval(by_label[n, c], "frac_ceiling") if (n, c) in by_label else None
+                for c in labels
+            ]
+            for n in names
+        }
+        _bars(ax, labels, series, "fraction of ceiling", "{:.0%}", intervals)
         metric = op_rows[0]["metric"]
         ceiling = "matmul" if metric == "TFLOP/s" else "copy"
         ax.set_title(f"{op}: {metric} / measured {ceiling} ceiling", fontsize=10)
@@ -533,12 +553,19 @@ def _training_figure(results: dict):
     )
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (key, ylabel, fmt) in zip(axes, panels, strict=True):
-        value = {(r["backend"], _training_label(r)): r.get(key) for r in rows}
+        by_label = {(r["backend"], _training_label(r)): r for r in rows}
         series = {
-            b: [math.nan if value.get((b, c)) is None else value[b, c] for c in labels]
+            b: [
+                math.nan if by_label.get((b, c), {}).get(key) is None else by_label[b, c][key]
+                for c in labels
+            ]
             for b in backends
         }
-        _bars(ax, labels, series, ylabel, fmt)
+        intervals = {
+            b: [_row_interval(by_label[b, c], key) if (b, c) in by_label else None for c in labels]
+            for b in backends
+        }
+        _bars(ax, labels, series, ylabel, fmt, intervals)
         ax.axhline(1.0, color="black", linewidth=0.8)
     return fig
 

@@ -162,12 +162,19 @@ def benchmark_interleaved(
     """Time several candidates in rotating rounds, one call each per round, until every median's
     interval is within ``timer.ci_width`` (at least ``timer.min_reps`` rounds) or the time cap
     (``CAP_FACTOR`` x ``rep_ms`` per candidate) is hit. Returns their timings, and the
-    exception of any that failed (dropped from the rounds)."""
+    exception of any that failed, in its warm-up or in a round (dropped from the rounds)."""
+    failed: dict[str, BaseException] = {}
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for fn in fns.values():
-            for i in range(max(timer.warmup, 1)):
-                fn(i)
-        synchronize(device)
+        for name, fn in fns.items():
+            try:
+                for i in range(max(timer.warmup, 1)):
+                    fn(i)
+                synchronize(device)
+            except Exception as exc:  # one candidate failing must not end the others
+                failed[name] = exc
+        fns = {name: fn for name, fn in fns.items() if name not in failed}
+        if not fns:
+            return {}, failed
         time_call = None
         if device.type == "cuda":
             cache = _flush_buffer(device) if timer.flush_l2 else None
@@ -197,7 +204,7 @@ def benchmark_interleaved(
         name: summarise([t * 1e3 for t in times], timer.ci_width)
         for name, times in result.samples.items()
     }
-    return timings, result.failed
+    return timings, {**failed, **result.failed}
 
 
 def measure_ceilings(

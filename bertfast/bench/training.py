@@ -16,11 +16,19 @@ gradient of every parameter (under Hugging Face's names) against HF eager attent
 with TF32 off, on the same batch. A row is within the rule when its loss and gradient errors
 are at most 3× hf-eager's own in the same precision, plus the dtype's atol (testing.md).
 
+Timing: every backend of a case is checked, built and past its first step (a compile, when it
+compiles) before any is timed; then their steps run interleaved, one step each per rotating
+round (``timing.benchmark_interleaved``), so a burst of load hits them alike and the speedup
+over hf-eager carries the interval of the per-round ratios. A compiling backend followed by
+another compiling one in the same case is timed alone first (the other's
+``torch.compiler.reset()`` would make it compile again mid-rounds).
+
 Work counted: 3× the encoder's forward FLOPs (``e2e.model_flops``; the backward runs two
 matmuls per forward matmul), the heads not counted. Peak memory (CUDA only): how far
-``torch.cuda.max_memory_allocated`` rises, over two steps after the timed ones, above what was
-allocated before the row's model was built: weights, gradients, AdamW's state, activations and
-workspace; on the CPU it is None (no allocator statistics to read).
+``torch.cuda.max_memory_allocated`` rises, over two steps after the first, above what was
+allocated before the row's model was built (the models built before it sit idle meanwhile):
+weights, gradients, AdamW's state, activations and workspace; on the CPU it is None (no
+allocator statistics to read).
 """
 
 from __future__ import annotations
@@ -42,12 +50,19 @@ from bertfast.bench.e2e import (
     err_atol,
     model_flops,
     skip_entry,
+    speedup_interval,
     unavailable_reason,
 )
 from bertfast.bench.runners import ModelSource, fp32_reference_precision, make_inputs
 from bertfast.bench.settings import VARLEN_FILL, BenchSettings, Case, TrainCase
 from bertfast.bench.stats import fraction_of_ceiling
-from bertfast.bench.timing import Timing, _flush_buffer, benchmark, empty_cache, synchronize
+from bertfast.bench.timing import (
+    Timing,
+    _flush_buffer,
+    benchmark_interleaved,
+    empty_cache,
+    synchronize,
+)
 from bertfast.config import BertConfig
 from bertfast.weights import bertfast_to_hf
 
@@ -59,7 +74,7 @@ HEAD_CLASSES = {
 MLM_FRACTION = 0.15  # share of positions with a masked-LM label
 LEARNING_RATE = 5e-5  # transformers.TrainingArguments' default
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp32": None}
-PEAK_STEPS = 2  # steps run after the timed ones to read the peak memory
+PEAK_STEPS = 2  # steps run after the first one to read the peak memory
 INTERPRETER_NOTE = "Triton interpreter on the CPU: the time is not a kernel time"
 
 
@@ -262,11 +277,13 @@ class BertfastTrainer(Trainer):
 
 @dataclass(frozen=True)
 class TrainerSpec:
-    """How to build a backend's trainer (source, head, dropout on?), and why it cannot run on a
-    device (None if it can)."""
+    """How to build a backend's trainer (source, head, dropout on?), why it cannot run on a
+    device (None if it can), and whether its trainers compile (``torch.compiler.reset()`` at
+    their start)."""
 
     build: Callable[[TrainSource, str, bool], Trainer]
     unavailable_reason: Callable[[torch.device], str | None] = lambda device: None
+    compiles: bool = False
 
 
 def _hf_spec(attn_implementation: str, compiled: bool = False) -> TrainerSpec:
@@ -274,7 +291,7 @@ def _hf_spec(attn_implementation: str, compiled: bool = False) -> TrainerSpec:
         model = source.hf_model(head, attn_implementation, dropout)
         return CompiledHFTrainer(model) if compiled else Trainer(model)
 
-    return TrainerSpec(build)
+    return TrainerSpec(build, compiles=compiled)
 
 
 def _bertfast_spec(backend: str, fused_epilogues: bool = False) -> TrainerSpec:
@@ -407,7 +424,8 @@ def _release(device: torch.device) -> None:
 
 @dataclass
 class Measured:
-    """What measure_training_row found for one backend and case."""
+    """What was measured of one backend and case; ``interleaved``: its steps were timed in
+    rounds with the other backends of the case."""
 
     timing: Timing
     check: dict
@@ -416,17 +434,44 @@ class Measured:
     optimizer: str
     compiles: bool
     note: str | None
+    interleaved: bool = False
 
 
-def measure_training_row(
+@dataclass
+class Prepared:
+    """One backend's timed model, checked and past its first step, waiting for the rounds."""
+
+    trainer: Trainer
+    optimizer: torch.optim.Optimizer
+    optimizer_name: str
+    check: dict
+    first_step_s: float
+    peak_mib: float | None
+
+    def measured(self, timing: Timing, interleaved: bool) -> Measured:
+        t = self.trainer
+        return Measured(
+            timing,
+            self.check,
+            self.first_step_s,
+            self.peak_mib,
+            self.optimizer_name,
+            t.compiles,
+            t.note,
+            interleaved,
+        )
+
+
+def prepare_training_row(
     build: Callable[[bool], Trainer],
     batches: list[TrainBatch],
     reference: tuple[float, dict[str, torch.Tensor]],
     device: torch.device,
     settings: BenchSettings,
-) -> Measured:
-    """The check on a dropout-free copy, then the timed steps and the peak memory of a model
-    with the config's dropout; ``build(dropout)`` makes each."""
+) -> Prepared:
+    """The check on a dropout-free copy, then the model with the config's dropout: its first
+    step (a compile, when it compiles) timed and, on CUDA, its peak memory read over
+    PEAK_STEPS more; ``build(dropout)`` makes each. The caller finishes the trainer."""
     precision = settings.train_precision
     check = check_model(build(False), batches[0], reference, device, precision)
 
@@ -440,25 +485,61 @@ def measure_training_row(
         train_step(trainer, optimizer, batches[0], device, precision)
         synchronize(device)
         first_step_s = time.perf_counter() - t0
-        n = len(batches)
-        timing = benchmark(
-            lambda i: train_step(trainer, optimizer, batches[i % n], device, precision),
-            device,
-            settings.train_timer,
-        )
         peak_mib = None
         if before is not None:
-            synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-            for i in range(PEAK_STEPS):
-                train_step(trainer, optimizer, batches[i % n], device, precision)
+            for i in range(1, PEAK_STEPS + 1):
+                train_step(trainer, optimizer, batches[i % len(batches)], device, precision)
             synchronize(device)
             peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-        return Measured(
-            timing, check, first_step_s, peak_mib, optimizer_name, trainer.compiles, trainer.note
+    except BaseException:
+        trainer.finish()
+        raise
+    return Prepared(trainer, optimizer, optimizer_name, check, first_step_s, peak_mib)
+
+
+def time_training_steps(
+    prepared: dict[str, Prepared],
+    batches: list[TrainBatch],
+    device: torch.device,
+    settings: BenchSettings,
+) -> tuple[dict[str, Timing], dict[str, BaseException]]:
+    """The prepared backends' steps in rotating rounds, one step each per round (input set
+    ``i`` of round ``i`` for all); their timings, and the exception of any that failed."""
+    n, precision = len(batches), settings.train_precision
+    fns = {
+        backend: (
+            lambda i, p=p: train_step(p.trainer, p.optimizer, batches[i % n], device, precision)
         )
+        for backend, p in prepared.items()
+    }
+    return benchmark_interleaved(fns, device, settings.train_timer)
+
+
+def _time_group(
+    group: dict[str, Prepared],
+    batches: list[TrainBatch],
+    device: torch.device,
+    settings: BenchSettings,
+    measured: dict[str, Measured],
+    failed: dict[str, BaseException],
+) -> None:
+    """Time the group's steps interleaved into ``measured`` (the exception of any that failed
+    into ``failed``), then finish its trainers and empty it, letting the models go."""
+    try:
+        timings, errors = time_training_steps(group, batches, device, settings)
+        for backend, timing in timings.items():
+            measured[backend] = group[backend].measured(timing, len(timings) > 1)
+        failed.update(errors)
     finally:
-        trainer.finish()  # the model and optimizer go with this frame; the caller releases
+        _finish(group)
+
+
+def _finish(prepared: dict[str, Prepared]) -> None:
+    """Finish every prepared trainer and forget them all."""
+    while prepared:
+        _, held = prepared.popitem()
+        held.trainer.finish()
 
 
 def check_model(
@@ -509,12 +590,16 @@ def make_training_row(
         "p90_ms": timing.p90_ms,
         "repeats": timing.repeats,
         **timing.row_fields(),
+        "interleaved": measured.interleaved,
+        "samples_ms": [float(f"{t:.4g}") for t in timing.samples_ms],
         "tokens_per_s": tokens / seconds,
         "gflop": flops / 1e9,
         "tflops": tflops,
         "frac_ceiling": fraction_of_ceiling(tflops, ceiling)[0],
         "peak_mib": measured.peak_mib,
         "speedup_vs_hf_eager": None,
+        "speedup_ci_low": None,
+        "speedup_ci_high": None,
         "peak_ratio_vs_hf_eager": None,
         **measured.check,
         "grad_err_ratio": None,
@@ -526,8 +611,8 @@ def make_training_row(
 
 
 def finish_training_rows(rows: list[dict]) -> None:
-    """Fill in what compares a row with hf-eager's of the same case: speedup, peak memory
-    ratio, gradient error ratio and the 3× rule (loss and gradients)."""
+    """Fill in what compares a row with hf-eager's of the same case: speedup (with its
+    interval), peak memory ratio, gradient error ratio and the 3× rule (loss and gradients)."""
     by_key = {
         (r["backend"], r["config"], r["head"], r["batch"], r["seq"], r["dtype"]): r for r in rows
     }
@@ -536,6 +621,7 @@ def finish_training_rows(rows: list[dict]) -> None:
         if eager is None:
             continue
         r["speedup_vs_hf_eager"] = eager["median_ms"] / r["median_ms"]
+        r["speedup_ci_low"], r["speedup_ci_high"] = speedup_interval(eager, r)
         if r["peak_mib"] is not None and eager["peak_mib"]:
             r["peak_ratio_vs_hf_eager"] = r["peak_mib"] / eager["peak_mib"]
         if r["grad_max_abs_err"] is None or r["loss_abs_err"] is None:
@@ -607,34 +693,60 @@ def run_training(
                 log(f"skip training {case.label}: reference failed: {reason}")
                 _release(device)
                 continue
-            for backend in active:
-                if backend in disabled:
-                    continue
-                if backend == "hf-compile" and settings.train_compile_cases is not None:
-                    if case not in settings.train_compile_cases:
-                        continue
-                spec = TRAINERS[backend]
+            case_backends = [
+                b
+                for b in active
+                if b not in disabled
+                and not (
+                    b == "hf-compile"
+                    and settings.train_compile_cases is not None
+                    and case not in settings.train_compile_cases
+                )
+            ]
+            prepared: dict[str, Prepared] = {}
+            measured: dict[str, Measured] = {}
+            failed: dict[str, BaseException] = {}
+            try:
+                for backend in case_backends:
+                    spec = TRAINERS[backend]
+                    if spec.compiles:
+                        # Its check and start reset torch.compile: a compiled model still held
+                        # is timed now, alone, before it would have to compile again.
+                        held = {b: prepared.pop(b) for b in list(prepared) if TRAINERS[b].compiles}
+                        if held:
+                            _time_group(held, batches, device, settings, measured, failed)
 
-                def build(dropout: bool, spec=spec, head=case.head, source=source) -> Trainer:
-                    return spec.build(source, head, dropout)
+                    def build(dropout: bool, spec=spec, head=case.head, source=source) -> Trainer:
+                        return spec.build(source, head, dropout)
 
-                try:
-                    measured = measure_training_row(build, batches, reference, device, settings)
-                except NotImplementedError as exc:
-                    # A missing backward fails every case alike: say so once per config.
-                    disabled.add(backend)
-                    reason = describe_error(exc)
-                    skipped.append(train_skip(backend, reason, config_name, dtype=precision))
-                    log(f"skip training {backend} {config_name}: {reason}")
-                    continue
-                except Exception as exc:  # one failing case must not end the run
-                    _release(device)
-                    reason = describe_error(exc)
-                    skipped.append(train_skip(backend, reason, config_name, **where))
-                    log(f"skip training {backend} {case.label}: {reason}")
-                    continue
-                _release(device)  # the timed model is gone with measure_training_row's frame
-                row = make_training_row(backend, case, precision, source.config, measured, ceilings)
+                    try:
+                        prepared[backend] = prepare_training_row(
+                            build, batches, reference, device, settings
+                        )
+                    except NotImplementedError as exc:
+                        # A missing backward fails every case alike: say so once per config.
+                        _release(device)
+                        disabled.add(backend)
+                        reason = describe_error(exc)
+                        skipped.append(train_skip(backend, reason, config_name, dtype=precision))
+                        log(f"skip training {backend} {config_name}: {reason}")
+                    except Exception as exc:  # one failing case must not end the run
+                        _release(device)
+                        reason = describe_error(exc)
+                        skipped.append(train_skip(backend, reason, config_name, **where))
+                        log(f"skip training {backend} {case.label}: {reason}")
+                _time_group(prepared, batches, device, settings, measured, failed)
+            finally:
+                _finish(prepared)  # what an interruption left
+                _release(device)  # the timed models went with their trainers
+            for backend, exc in failed.items():
+                reason = describe_error(exc)
+                skipped.append(train_skip(backend, reason, config_name, **where))
+                log(f"skip training {backend} {case.label}: {reason}")
+            for backend in (b for b in case_backends if b in measured):
+                row = make_training_row(
+                    backend, case, precision, source.config, measured[backend], ceilings
+                )
                 rows.append(row)
                 log(_progress(case, row))
             del reference, batches
@@ -652,7 +764,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def _progress(case: TrainCase, row: dict) -> str:
     text = (
         f"train {case.label} {row['dtype']} {row['backend']}: {row['median_ms']:.3f} ms/step "
-        f"(p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f}, n={row['repeats']}), "
+        f"(95 % CI [{row['ci_low_ms']:.3f}, {row['ci_high_ms']:.3f}], n={row['repeats']}"
+        f"{', NOISY' if row['noisy'] else ''}), "
         f"loss err {_fmt(row['loss_abs_err'], '.1e')}, "
         f"grad err {_fmt(row['grad_max_abs_err'], '.1e')}"
     )
