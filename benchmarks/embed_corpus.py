@@ -4,9 +4,14 @@ Both run in this process, on the same device, model and texts: a generated corpu
 lengths spread as real documents do (log-normal words per text, a long tail cut by the
 model's max_seq_length). bertfast is timed end to end (read the JSON Lines file, tokenize
 in its worker, sort, token-budget batches, write the shards); sentence-transformers is timed
-on ``encode(texts)`` of the texts already in memory. Rows give texts/s and tokens/s (real
-tokens after truncation, the same count for both), padding carried, and the largest
-difference between the two sets of vectors.
+on ``encode(texts)`` of the texts already in memory. The corpus is cut into chunks; a round
+runs one chunk on both, interleaved (``bertfast.bench.stats.run_interleaved``: which goes
+first alternates), the chunks in turn, until ``--reps`` passes are done and the interval of
+the per-round speed-up is within ``--ci-width`` of it, or ``--time-cap`` seconds pass. Rows give
+texts/s and tokens/s (real tokens after truncation, the same count for both) as the median of
+the rounds with its 95 % interval, the rounds behind it and the noisy mark, padding carried,
+and the largest difference between the two sets of vectors; the load average before and after
+is recorded, with a warning when other work loaded the machine.
 
     python benchmarks/embed_corpus.py --device cpu --output benchmarks/results/cpu-embed
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +31,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_common import format_interval, load_lines  # noqa: E402
+
+from bertfast.bench.stats import (  # noqa: E402
+    MIN_SAMPLES_FOR_CI,
+    load_average,
+    load_warning,
+    rate_summary,
+    ratio_summary,
+    run_interleaved,
+)
 from bertfast.cli_options import DTYPES  # noqa: E402
 from bertfast.corpus import EmbedOptions, embed_corpus, load_embeddings  # noqa: E402
 from bertfast.corpus.embed import MAX_PADDING, SORT_WINDOW, plan_batches  # noqa: E402
@@ -60,6 +77,9 @@ def bertfast_batches(lengths: np.ndarray, budget: int, max_padding: float) -> li
     return batches
 
 
+OURS, THEIRS = "bertfast embed --input", "sentence-transformers encode"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or name")
@@ -69,14 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=3000, help="corpus size")
     parser.add_argument("--batch-tokens", type=int, default=16384, help="bertfast token budget")
     parser.add_argument("--st-batch-size", type=int, default=32, help="encode's batch_size")
-    parser.add_argument("--reps", type=int, default=1, help="timed passes over the corpus")
-    parser.add_argument("--chunk", type=int, default=500, help="texts timed as one pair of runs")
+    parser.add_argument(
+        "--reps", type=int, default=1, help="passes over the corpus at least (default 1)"
+    )
+    parser.add_argument("--chunk", type=int, default=500, help="texts of one round (one chunk)")
+    parser.add_argument(
+        "--ci-width", type=float, default=0.05, help="target 95 %% interval / median (0.05)"
+    )
+    parser.add_argument(
+        "--time-cap", type=float, default=300.0, help="seconds for the timed rounds (300)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write results.json and results.md here")
     args = parser.parse_args(argv)
+    if not 0 < args.ci_width < 1 or not args.time_cap > 0 or args.reps < 1 or args.chunk < 1:
+        parser.error("--ci-width must be in (0, 1), --time-cap above 0, --reps and --chunk >= 1")
 
     from sentence_transformers import SentenceTransformer
 
+    load_before = load_average()
     model_dir = resolve_model_dir(args.model)
     device = torch.device(args.device)
     encoder = SentenceEncoder.from_pretrained(model_dir, device=device, dtype=DTYPES[args.dtype])
@@ -93,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
 
     chunks = [range(i, min(i + args.chunk, len(texts))) for i in range(0, len(texts), args.chunk)]
+    chunk_tokens = [int(lengths[c.start : c.stop].sum()) for c in chunks]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for k, chunk in enumerate(chunks):
@@ -116,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             embed_corpus(options, encoder)
             sync()
-            return time.perf_counter() - start, load_embeddings(out)[0]
+            elapsed = time.perf_counter() - start
+            vectors = load_embeddings(out)[0]
+            shutil.rmtree(out)  # many rounds: keep the disk use to one chunk's shards
+            return elapsed, vectors
 
         def st_once(batch: list[str]) -> tuple[float, np.ndarray]:
             sync()
@@ -127,21 +162,52 @@ def main(argv: list[str] | None = None) -> int:
 
         bertfast_once(files[0])  # warm-up: first forwards, allocator, graphs on CUDA
         st_once([texts[i] for i in chunks[0]])
-        # Each chunk timed on both back to back, which one first alternating: on a shared
-        # machine the load drifts between runs, and a pair sees nearly the same load.
-        ours = np.zeros((args.reps, len(chunks)))
-        theirs = np.zeros_like(ours)
-        diff = 0.0
-        for rep in range(args.reps):
-            for k, chunk in enumerate(chunks):
-                chunk_texts = [texts[i] for i in chunk]
-                for side in (0, 1) if (rep + k) % 2 == 0 else (1, 0):
-                    if side == 0:
-                        ours[rep, k], mine = bertfast_once(files[k])
-                    else:
-                        theirs[rep, k], reference = st_once(chunk_texts)
-                diff = max(diff, float(np.abs(mine.astype(np.float32) - reference).max()))
-    ratios = (theirs / ours).flatten()
+        # One chunk per round on both, interleaved (which first alternating): on a shared
+        # machine the load drifts between runs, and a round's pair sees nearly the same load.
+        # Each candidate times itself (seconds per token of its chunk, so chunks compare) and
+        # keeps its first vectors of each chunk for the comparison.
+        vectors: dict[tuple[str, int], np.ndarray] = {}
+        seconds: dict[str, list[float]] = {OURS: [], THEIRS: []}
+
+        def ours(r: int) -> float:
+            k = r % len(chunks)
+            elapsed, mine = bertfast_once(files[k])
+            vectors.setdefault((OURS, k), mine)
+            seconds[OURS].append(elapsed)
+            return elapsed / chunk_tokens[k]
+
+        def theirs(r: int) -> float:
+            k = r % len(chunks)
+            elapsed, reference = st_once([texts[i] for i in chunks[k]])
+            vectors.setdefault((THEIRS, k), reference)
+            seconds[THEIRS].append(elapsed)
+            return elapsed / chunk_tokens[k]
+
+        candidates = {OURS: ours, THEIRS: theirs}
+        min_rounds = max(args.reps * len(chunks), MIN_SAMPLES_FOR_CI)
+        measured = run_interleaved(
+            candidates,
+            ci_width=args.ci_width,
+            min_rounds=min_rounds,
+            max_rounds=max(min_rounds, 50 * len(chunks)),
+            time_cap_s=args.time_cap,
+            time_call=lambda name, r: candidates[name](r),
+            ratio_to=THEIRS,
+        )
+    if measured.failed:
+        raise RuntimeError(
+            "; ".join(f"{name} failed: {exc!r}" for name, exc in measured.failed.items())
+        )
+    diff = max(
+        float(np.abs(vectors[OURS, k].astype(np.float32) - vectors[THEIRS, k]).max())
+        for k in range(len(chunks))
+        if (OURS, k) in vectors and (THEIRS, k) in vectors
+    )
+    load_after = load_average()
+    own = torch.get_num_threads() if device.type == "cpu" else 1
+    warning = load_warning(load_before, load_after, own_threads=own)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     pad = MAX_PADDING if encoder.model.backend == "torch" else 1.0
     our_batches, st_batches = [], []
     for chunk in chunks:
@@ -153,22 +219,27 @@ def main(argv: list[str] | None = None) -> int:
         st_batches += np.array_split(
             by_chars, range(args.st_batch_size, len(by_chars), args.st_batch_size)
         )
+    chunk_texts = [len(c) for c in chunks]
     rows = []
-    for name, times, batches in (
-        ("bertfast embed --input", ours, our_batches),
-        ("sentence-transformers encode", theirs, st_batches),
-    ):
-        per_rep = times.sum(axis=1)
+    for name, batches in ((OURS, our_batches), (THEIRS, st_batches)):
+        per_token = measured.samples[name]
+        per_text = [
+            t * chunk_tokens[r % len(chunks)] / chunk_texts[r % len(chunks)]
+            for r, t in enumerate(per_token)
+        ]
         rows.append(
             {
                 "name": name,
-                "seconds_per_rep": per_rep.tolist(),
-                "texts_per_s": args.reps * len(texts) / per_rep.sum(),
-                "tokens_per_s": args.reps * tokens / per_rep.sum(),
+                "rounds": len(per_token),
+                "texts_per_s": rate_summary(per_text, args.ci_width).to_dict(),
+                "tokens_per_s": rate_summary(per_token, args.ci_width).to_dict(),
+                "seconds_per_round": [round(x, 4) for x in seconds[name]],
                 "batches": len(batches),
                 "padding_fraction": padding_fraction(lengths, batches),
             }
         )
+    # THEIRS' seconds over OURS' per round (the same chunk): above 1, bertfast is faster.
+    speedup = ratio_summary(measured.samples[THEIRS], measured.samples[OURS], args.ci_width)
     import sentence_transformers
     import transformers
 
@@ -203,19 +274,23 @@ def main(argv: list[str] | None = None) -> int:
         "batch_tokens": args.batch_tokens,
         "st_batch_size": args.st_batch_size,
         "max_abs_diff_vs_sentence_transformers": diff,
-        "speedup_texts_per_s": rows[0]["texts_per_s"] / rows[1]["texts_per_s"],
-        "speedup_per_chunk": {
-            "median": float(np.median(ratios)),
-            "min": float(ratios.min()),
-            "max": float(ratios.max()),
-        },
+        "speedup": speedup.to_dict(),
         "rows": rows,
         "chunk": args.chunk,
+        "chunks": len(chunks),
         "reps": args.reps,
-        "timing": f"{args.reps} rep(s) over chunks of {args.chunk} texts, each chunk timed on "
-        "both back to back (which first alternating), after a warm-up chunk of each; texts/s "
-        "= all texts / all time; bertfast end to end from the chunk's file to written shards, "
-        "sentence-transformers on the texts in memory",
+        "ci_width": args.ci_width,
+        "time_cap_s": args.time_cap,
+        "rounds": measured.rounds,
+        "stopped": measured.stopped,
+        "load_average": {"before": load_before, "after": load_after, "warning": warning},
+        "timing": f"Rounds of one chunk of {args.chunk} texts on both, interleaved (which first "
+        f"alternating), the {len(chunks)} chunks in turn, after a warm-up chunk of each, until "
+        f"{args.reps} pass(es) are done and the per-round speed-up's 95 % interval is within "
+        f"{100 * args.ci_width:.0f} % of it or {args.time_cap:g} s pass: {measured.rounds} rounds "
+        f"({measured.stopped}); texts/s and tokens/s: median of the rounds [95 % interval]; "
+        "bertfast end to end from the chunk's file to written shards, sentence-transformers on "
+        "the texts in memory",
     }
     print(json.dumps(result, indent=2))
     if args.output:
@@ -228,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict) -> str:
     lt = r["length_tokens"]
-    c = r["speedup_per_chunk"]
     lines = [
         f"# Corpus embedding: {r['model']} on {r['device']} ({r['device_name']})",
         "",
@@ -239,20 +313,22 @@ def markdown(r: dict) -> str:
         f"{r['st_dtype']}, batch_size {r['st_batch_size']}; torch threads "
         f"{r['torch_threads']}. {r['timing']}.",
         "",
-        "| | texts/s | tokens/s | batches | padding | seconds per rep |",
-        "|---|---:|---:|---:|---:|---|",
+        *load_lines(r["load_average"]),
+        "",
+        "| | texts/s | tokens/s | rounds | batches | padding |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
-        runs = ", ".join(f"{s:.2f}" for s in row["seconds_per_rep"])
         lines.append(
-            f"| {row['name']} | {row['texts_per_s']:.1f} | {row['tokens_per_s']:.0f} | "
-            f"{row['batches']} | {row['padding_fraction']:.1%} | {runs} |"
+            f"| {row['name']} | {format_interval(row['texts_per_s'], digits=4)} | "
+            f"{format_interval(row['tokens_per_s'], digits=4)} | {row['rounds']} | "
+            f"{row['batches']} | {row['padding_fraction']:.1%} |"
         )
     lines += [
         "",
-        f"Speed-up (texts/s): {r['speedup_texts_per_s']:.2f}x; per chunk pair median "
-        f"{c['median']:.2f}x (min {c['min']:.2f}x, max {c['max']:.2f}x). Largest difference "
-        f"between the two sets of vectors: {r['max_abs_diff_vs_sentence_transformers']:.2e}.",
+        f"Speed-up of bertfast (sentence-transformers' time over bertfast's, per round on the "
+        f"same chunk): × {format_interval(r['speedup'])}. Largest difference between the two "
+        f"sets of vectors: {r['max_abs_diff_vs_sentence_transformers']:.2e}.",
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
         "",

@@ -4,12 +4,20 @@
     python benchmarks/serve_load.py --url http://127.0.0.1:8080 --concurrency 1,8,32
 
 Without ``--url`` it starts ``bertfast serve`` on a free loopback port (``--model``, default
-the bundled MiniLM) and stops it at the end. Each concurrency level sends a fixed number of
-/embed requests (one text each, a seeded mix of short, medium and long texts) or stops at
-``--duration`` seconds, whichever comes first. It reports requests/s, tokens/s, p50/p90/p99
-latency and error counts, then encodes the same texts in this process (SentenceEncoder, the
-ceiling the server approaches) and writes JSON and Markdown. Load generator and server share
-the machine's cores, as on any single host.
+the bundled MiniLM) and stops it at the end. One round of a concurrency level sends a fixed
+number of /embed requests (one text each, a seeded mix of short, medium and long texts) or
+stops at ``--duration`` seconds, whichever comes first; its rounds alternate with rounds of the
+in-process reference (bertfast's SentenceEncoder encoding the same texts in this process, the
+ceiling the server approaches, at the batch size found fastest first), interleaved
+(``bertfast.bench.stats.run_interleaved``) until each one's median is within ``--ci-width`` of
+it or ``--time-cap`` seconds pass. A level reports the median tokens/s of its rounds with the
+95 % interval, the rounds behind it and whether it is noisy, the per-round ratio to the
+in-process reference with its interval, and latency percentiles over all its requests. Latency
+at concurrency 1, for one short sentence and for one text of the mix at a time: each round one
+request to the server and one in-process encode of the same text, with intervals on each p50
+and on their per-round ratio and difference. The load average before and after is recorded,
+with a warning when other work loaded the machine. Load generator and server share the
+machine's cores, as on any single host. Writes JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -23,19 +31,40 @@ import random
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from cpu_common import load_lines  # noqa: E402
+
+from bertfast.bench.stats import (  # noqa: E402
+    MIN_SAMPLES_FOR_CI,
+    Interleaved,
+    Summary,
+    load_average,
+    load_warning,
+    median_ci,
+    rate_summary,
+    ratio_summary,
+    run_interleaved,
+    summarise,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SHORT_SENTENCE = "A man is eating food."
+SERVER, IN_PROCESS = "server", "in process"
+# Idle time before each timed call, untimed: the other side's compute threads, which spin a
+# little after their work, are asleep by then and take no core from the call.
+SETTLE_S = 0.005
 VOCAB = (
     "the of and to in is was for on that with as by at from his her it an were are which "
     "this be or has had not but first one their its new after who they have two been other "
@@ -67,7 +96,63 @@ def percentiles(latencies_s: list[float]) -> dict[str, float | None]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
 
 
+def latency_summary(latencies_s: list[float], ci_width: float) -> dict:
+    """p50 / p90 / p99 in ms, the p50's 95 % interval, the sample count and the noisy mark."""
+    out: dict = {**percentiles(latencies_s), "samples": len(latencies_s)}
+    if latencies_s:
+        s = summarise(latencies_s, ci_width)
+        out.update(p50_ci_ms=[round(s.ci_low * 1e3, 3), round(s.ci_high * 1e3, 3)], noisy=s.noisy)
+    return out
+
+
+def rate_fields(rate: Summary) -> dict:
+    """A tokens/s ``Summary``'s fields in a row: median, 95 % interval, samples, noisy mark."""
+    return {
+        "tokens_per_s": round(rate.median, 1),
+        "tokens_per_s_ci": [round(rate.ci_low, 1), round(rate.ci_high, 1)],
+        "samples": rate.samples,
+        "noisy": rate.noisy,
+    }
+
+
+def ratio_fields(result: Interleaved, ci_width: float) -> dict:
+    """Server rate / in-process rate, per round (in-process seconds over the server's, both
+    per unit, from the same round), with its interval: above 1 the server is ahead."""
+    if SERVER not in result.samples or IN_PROCESS not in result.samples:
+        return {"vs_in_process": None, "vs_in_process_ci": None, "vs_in_process_noisy": None}
+    s = ratio_summary(result.samples[IN_PROCESS], result.samples[SERVER], ci_width)
+    return {
+        "vs_in_process": round(s.median, 3),
+        "vs_in_process_ci": [round(s.ci_low, 3), round(s.ci_high, 3)],
+        "vs_in_process_noisy": s.noisy,
+    }
+
+
+def settled(candidates: dict[str, Callable[[int], float]]) -> Callable[[str, int], float]:
+    """``run_interleaved``'s ``time_call`` for candidates that time themselves (each returns
+    its seconds, or seconds per unit): SETTLE_S idle, untimed, then the candidate."""
+
+    def time_call(name: str, r: int) -> float:
+        time.sleep(SETTLE_S)
+        return candidates[name](r)
+
+    return time_call
+
+
+def timed(fn: Callable[[int], object]) -> Callable[[int], float]:
+    """``fn`` returning the seconds it took."""
+
+    def run(r: int) -> float:
+        start = time.perf_counter()
+        fn(r)
+        return time.perf_counter() - start
+
+    return run
+
+
 async def run_level(url: str, texts: list[str], concurrency: int, duration: float) -> dict:
+    """One round of a level: the texts in order, ``concurrency`` at a time, until all are sent
+    or ``duration`` seconds pass; counts, the wall time and every answered request's latency."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -103,24 +188,21 @@ async def run_level(url: str, texts: list[str], concurrency: int, duration: floa
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    ok = statuses.get("200", 0)
     return {
-        "concurrency": concurrency,
         "requests": sum(statuses.values()),
-        "ok": ok,
-        "errors": {k: v for k, v in statuses.items() if k != "200"},
-        "seconds": round(wall, 3),
-        "requests_per_s": round(ok / wall, 2),
-        "tokens_per_s": round(tokens / wall, 1),
-        **percentiles(latencies),
+        "ok": statuses.get("200", 0),
+        "statuses": dict(statuses),
+        "tokens": tokens,
+        "seconds": wall,
+        "latencies_s": latencies,
     }
 
 
 class InProcess:
     """bertfast's own SentenceEncoder in this process: the ceiling the server approaches.
 
-    Measured beside each server level (the same texts, right before it), so both see the
-    same machine: other work on a shared host moves every figure from one minute to the next.
+    Timed in the same rounds as the server (one round of each, in turn), so both see the same
+    machine: other work on a shared host moves every figure from one minute to the next.
     """
 
     def __init__(self, model: str, texts: list[str]):
@@ -136,53 +218,176 @@ class InProcess:
         self.texts = texts
         self.encoder.encode(texts[:32], batch_size=32)  # warm-up
 
-    def throughput(self, batch_sizes: list[int]) -> dict:
-        """Every batch size over all the texts; the best one is the ceiling."""
+    def seconds_per_token(self, batch_size: int) -> float:
+        """Encode every text once; the seconds per (truncated) token."""
+        start = time.perf_counter()
+        self.encoder.encode(self.texts, batch_size=batch_size)
+        return (time.perf_counter() - start) / self.tokens
+
+    def batch_size_pass(self, batch_sizes: list[int], ci_width: float, time_cap: float) -> dict:
+        """Every batch size over all the texts, interleaved; the fastest is the reference."""
+        if len(batch_sizes) == 1:
+            return {"best_batch_size": batch_sizes[0], "rounds": 0, "stopped": "one batch size"}
+        candidates = {str(b): (lambda r, b=b: self.seconds_per_token(b)) for b in batch_sizes}
+        result = run_interleaved(
+            candidates,
+            ci_width=ci_width,
+            min_rounds=MIN_SAMPLES_FOR_CI,
+            max_rounds=1000,
+            time_cap_s=time_cap,
+            time_call=settled(candidates),
+        )
         rows = []
-        for batch_size in batch_sizes:
-            start = time.perf_counter()
-            self.encoder.encode(self.texts, batch_size=batch_size)
-            wall = time.perf_counter() - start
+        for name, samples in result.samples.items():
+            rate = rate_summary(samples, ci_width)
             rows.append(
                 {
-                    "batch_size": batch_size,
-                    "texts_per_s": round(len(self.texts) / wall, 2),
-                    "tokens_per_s": round(self.tokens / wall, 1),
+                    "batch_size": int(name),
+                    **rate_fields(rate),
+                    "texts_per_s": round(rate.median * len(self.texts) / self.tokens, 2),
                 }
             )
         best = max(rows, key=lambda row: row["tokens_per_s"])
-        return {"best_batch_size": best["batch_size"], **best, "batched": rows}
-
-    def one_text_latency(self, repeats: int) -> dict:
-        times = []
-        for text in self.texts[:repeats]:
-            start = time.perf_counter()
-            self.encoder.encode([text])
-            times.append(time.perf_counter() - start)
-        return percentiles(times)
+        return {
+            "best_batch_size": best["batch_size"],
+            "rounds": result.rounds,
+            "stopped": result.stopped,
+            "batched": rows,
+        }
 
 
-def short_sentence_latency(url: str, inproc: InProcess, repeats: int, rounds: int = 4) -> dict:
-    """One short sentence through the server (concurrency 1) and in process, in alternating
-    blocks: request by request, each side's idle compute threads would slow the other."""
+def level_row(concurrency: int, rounds: list[dict], result: Interleaved, ci_width: float) -> dict:
+    """A level's row from its server rounds (``run_level``'s answers) and the interleaved
+    samples (seconds per token of the server and of the in-process reference)."""
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    for r in rounds:
+        statuses.update(r["statuses"])
+        latencies += r["latencies_s"]
+    row: dict = {
+        "concurrency": concurrency,
+        "rounds": result.rounds,
+        "stopped": result.stopped,
+        "requests": sum(r["requests"] for r in rounds),
+        "ok": sum(r["ok"] for r in rounds),
+        "errors": {k: v for k, v in statuses.items() if k != "200"},
+        "seconds": round(sum(r["seconds"] for r in rounds), 3),
+    }
+    if SERVER in result.samples:
+        per_round = [r["ok"] / r["seconds"] for r in rounds if r["seconds"] > 0]
+        row["requests_per_s"] = round(statistics.median(per_round), 2)
+        row.update(rate_fields(rate_summary(result.samples[SERVER], ci_width)))
+    else:
+        row.update(requests_per_s=None, tokens_per_s=None, tokens_per_s_ci=None, samples=0)
+        row.update(noisy=True)
+    latency = latency_summary(latencies, ci_width)
+    row.update({k: latency.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "p50_ci_ms")})
+    row["latency_samples"] = latency["samples"]  # every answered request of every round
+    if IN_PROCESS in result.samples:
+        row["in_process"] = rate_fields(rate_summary(result.samples[IN_PROCESS], ci_width))
+    row.update(ratio_fields(result, ci_width))
+    row["failed"] = {name: f"{type(e).__name__}: {e}" for name, e in result.failed.items()}
+    row["samples_s_per_token"] = result.samples
+    return row
+
+
+def measure_level(
+    url: str,
+    inproc: InProcess,
+    concurrency: int,
+    duration: float,
+    batch_size: int,
+    ci_width: float,
+    time_cap: float,
+) -> dict:
+    """Rounds of the level, each beside one in-process encode of the same texts, interleaved
+    until both medians are within ``ci_width`` or ``time_cap`` seconds pass."""
+    rounds: list[dict] = []
+
+    def server(r: int) -> float:
+        answer = asyncio.run(run_level(url, inproc.texts, concurrency, duration))
+        rounds.append(answer)
+        if not answer["tokens"]:
+            raise RuntimeError(f"no request answered: {answer['statuses']}")
+        return answer["seconds"] / answer["tokens"]
+
+    candidates = {SERVER: server, IN_PROCESS: lambda r: inproc.seconds_per_token(batch_size)}
+    result = run_interleaved(
+        candidates,
+        ci_width=ci_width,
+        min_rounds=MIN_SAMPLES_FOR_CI,
+        max_rounds=1000,
+        time_cap_s=time_cap,
+        time_call=settled(candidates),
+    )
+    return level_row(concurrency, rounds, result, ci_width)
+
+
+def latency_comparison(
+    url: str,
+    inproc: InProcess,
+    text_for_round: Callable[[int], str],
+    ci_width: float,
+    min_rounds: int,
+    time_cap: float,
+) -> dict:
+    """One text a round (``text_for_round(r)``) through the server at concurrency 1 and
+    encoded in process, interleaved until the interval of their per-round ratio is within
+    ``ci_width`` or ``time_cap`` seconds pass."""
     import httpx
 
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    server, local = [], []
-    block = max(1, repeats // rounds)
     with httpx.Client(timeout=60, transport=httpx.HTTPTransport(socket_options=nodelay)) as c:
-        for _ in range(rounds):
-            for i in range(block + 2):  # the first two of a block warm it up
-                start = time.perf_counter()
-                c.post(url + "/embed", json={"inputs": SHORT_SENTENCE}).raise_for_status()
-                if i >= 2:
-                    server.append(time.perf_counter() - start)
-            for i in range(block + 2):
-                start = time.perf_counter()
-                inproc.encoder.encode([SHORT_SENTENCE])
-                if i >= 2:
-                    local.append(time.perf_counter() - start)
-    return {"server": percentiles(server), "in_process": percentiles(local)}
+
+        def server(r: int) -> None:
+            body = {"inputs": text_for_round(r), "truncate": True}
+            c.post(url + "/embed", json=body).raise_for_status()
+
+        def local(r: int) -> None:
+            inproc.encoder.encode([text_for_round(r)])
+
+        for r in range(2):  # warm-up: connection, first calls
+            server(r)
+            local(r)
+        candidates = {SERVER: timed(server), IN_PROCESS: timed(local)}
+        result = run_interleaved(
+            candidates,
+            ci_width=ci_width,
+            min_rounds=min_rounds,
+            max_rounds=100_000,
+            time_cap_s=time_cap,
+            time_call=settled(candidates),
+            ratio_to=IN_PROCESS,
+        )
+    return latency_row(result, ci_width)
+
+
+def latency_row(result: Interleaved, ci_width: float) -> dict:
+    """p50s with their intervals, and the per-round ratio server / in-process and difference
+    server - in-process (ms), each with the interval of its median."""
+    out: dict = {"rounds": result.rounds, "stopped": result.stopped}
+    for name, key in ((SERVER, "server"), (IN_PROCESS, "in_process")):
+        if name in result.samples:
+            out[key] = latency_summary(result.samples[name], ci_width)
+    if SERVER in result.samples and IN_PROCESS in result.samples:
+        server, local = result.samples[SERVER], result.samples[IN_PROCESS]
+        ratio = ratio_summary(server, local, ci_width)
+        out["ratio"] = {
+            "median": round(ratio.median, 3),
+            "ci": [round(ratio.ci_low, 3), round(ratio.ci_high, 3)],
+            "samples": ratio.samples,
+            "noisy": ratio.noisy,
+        }
+        diff = [(a - b) * 1e3 for a, b in zip(server, local, strict=True)]
+        low, high = median_ci(diff)
+        out["difference_ms"] = {
+            "median": round(statistics.median(diff), 3),
+            "ci": [round(low, 3), round(high, 3)],
+            "samples": len(diff),
+        }
+    out["failed"] = {name: f"{type(e).__name__}: {e}" for name, e in result.failed.items()}
+    out["samples_s"] = result.samples
+    return out
 
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -205,45 +410,88 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
+def _interval(value, ci, noisy=False, digits: int = 4) -> str:
+    """``value [low, high]`` (with the noisy mark), or – when not measured."""
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}g}"
+    if ci:
+        text += f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
+    return text + (" **noisy**" if noisy else "")
+
+
+def _latency_line(title: str, row: dict) -> str:
+    server, local = row.get("server"), row.get("in_process")
+    parts = [f"{title}, concurrency 1, {row['rounds']} interleaved rounds ({row['stopped']}):"]
+    for name, side in (("server", server), ("in-process", local)):
+        if side:
+            parts.append(
+                f"{name} p50 {_interval(side['p50_ms'], side.get('p50_ci_ms'), side['noisy'])} "
+                f"ms (p99 {side['p99_ms']});"
+            )
+    if "ratio" in row:
+        ratio, diff = row["ratio"], row["difference_ms"]
+        ratio_text = _interval(ratio["median"], ratio["ci"], ratio["noisy"], 3)
+        diff_text = _interval(diff["median"], diff["ci"], digits=3)
+        parts.append(
+            f"server / in-process per round {ratio_text}, server - in-process {diff_text} ms."
+        )
+    for name, error in row.get("failed", {}).items():
+        parts.append(f"{name} failed: {error}.")
+    return " ".join(parts)
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
+    batch = report["in_process_batch_sizes"]
+    tried = ", ".join(str(r["batch_size"]) for r in batch.get("batched", [])) or str(
+        batch["best_batch_size"]
+    )
     lines = [
         f"# bertfast serve, loopback load ({m['device']})",
         "",
         f"Model {report['model']}; /embed, one text a request, {report['texts']} texts "
         "(half 4-16 words, a third 17-64, the rest 65-200), the same texts at every level. "
-        f"Load generator and server share the machine's {m['cpus']} cores (load average "
-        f"{m['load_average_at_start'][0]} at the start, {m['load_average_at_end'][0]} at the "
-        f"end; other work was running); torch threads {m['torch_threads']} on both sides. "
-        f"{report['date']}.",
+        f"Load generator and server share the machine's {m['cpus']} cores; torch threads "
+        f"{m['torch_threads']} on both sides. {report['date']}.",
         "",
-        "In-process: bertfast's `SentenceEncoder.encode` of the same texts in the load "
-        "generator's process, measured right before each level (best batch size of "
-        + ", ".join(str(r["batch_size"]) for r in report["levels"][0]["in_process"]["batched"])
-        + ").",
+        *load_lines(report["load_average"]),
         "",
-        "| concurrency | requests | errors | req/s | tokens/s | p50 ms | p90 ms | p99 ms |"
-        " in-process tokens/s | server / in-process |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Each level: rounds of the server (every text once, or until --duration) and of the "
+        "in-process reference (bertfast's `SentenceEncoder.encode` of the same texts in the "
+        f"load generator's process, batch size {batch['best_batch_size']}, the fastest of "
+        f"{tried}), interleaved until each median's 95 % interval is within "
+        f"{100 * report['ci_width']:.0f} % of it or {report['time_cap_s']:g} s pass. Figures: "
+        "median [95 % interval] over the rounds; latencies over every request of the level; "
+        "server / in-process is the per-round ratio of tokens/s.",
+        "",
+        "| concurrency | rounds | requests | errors | req/s | tokens/s | p50 ms | p90 ms | "
+        "p99 ms | in-process tokens/s | server / in-process |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["levels"]:
         errs = sum(row["errors"].values())
-        ip = row["in_process"]
-        lines.append(
-            f"| {row['concurrency']} | {row['requests']} | {errs} | {row['requests_per_s']} | "
-            f"{row['tokens_per_s']} | {row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | "
-            f"{ip['tokens_per_s']} (batch {ip['best_batch_size']}) | {row['vs_in_process']:.2f}x |"
+        ip = row.get("in_process") or {}
+        ratio = _interval(
+            row["vs_in_process"], row["vs_in_process_ci"], row["vs_in_process_noisy"], 3
         )
-    short, one = report["short_sentence"], report["in_process_one_text_latency"]
+        lines.append(
+            f"| {row['concurrency']} | {row['rounds']} | {row['requests']} | {errs} | "
+            f"{row['requests_per_s'] if row['requests_per_s'] is not None else '–'} | "
+            f"{_interval(row['tokens_per_s'], row['tokens_per_s_ci'], row['noisy'])} | "
+            f"{_interval(row['p50_ms'], row.get('p50_ci_ms'))} | {row['p90_ms']} | "
+            f"{row['p99_ms']} | "
+            f"{_interval(ip.get('tokens_per_s'), ip.get('tokens_per_s_ci'), ip.get('noisy'))} | "
+            f"{ratio} |"
+        )
+    for row in report["levels"]:
+        for name, error in row.get("failed", {}).items():
+            lines += ["", f"Concurrency {row['concurrency']}: {name} failed: {error}."]
     lines += [
         "",
-        f"Short sentence ({SHORT_SENTENCE!r}), concurrency 1, server and in-process in "
-        f"alternating blocks: server p50 {short['server']['p50_ms']} ms (p99 "
-        f"{short['server']['p99_ms']}), in-process p50 {short['in_process']['p50_ms']} ms (p99 "
-        f"{short['in_process']['p99_ms']}).",
+        _latency_line(f"Short sentence ({SHORT_SENTENCE!r})", report["short_sentence"]),
         "",
-        f"In-process, one text of the mix at a time: p50 {one['p50_ms']} ms, p99 "
-        f"{one['p99_ms']} ms.",
+        _latency_line("One text of the mix a round", report["one_text_of_the_mix"]),
         "",
     ]
     return "\n".join(lines)
@@ -256,11 +504,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=None, help="a running server (loopback only)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels")
-    p.add_argument("--requests", type=int, default=300, help="requests per level (at most)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per level (at most)")
-    p.add_argument("--repeats", type=int, default=100, help="latency samples (short sentence)")
+    p.add_argument("--requests", type=int, default=300, help="requests per round (at most)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per round (at most)")
+    p.add_argument(
+        "--repeats", type=int, default=100, help="latency rounds at least (short sentence; mix)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-sizes", default="8,32", help="in-process encode batch sizes")
+    p.add_argument(
+        "--ci-width", type=float, default=0.05, help="target 95 %% interval / median (0.05)"
+    )
+    p.add_argument(
+        "--time-cap",
+        type=float,
+        default=60.0,
+        help="seconds for the rounds of each measurement: each level, the batch-size pass, "
+        "each latency comparison (60)",
+    )
     p.add_argument("--out", default=None, help="folder for serve_load.json and serve_load.md")
     p.add_argument("--server-arg", action="append", default=[], help="passed to bertfast serve")
     p.add_argument(
@@ -276,38 +536,50 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--url must be a loopback address ({', '.join(LOOPBACK)}), got {args.url}")
     if not 1 <= args.requests <= 10_000 or not 0 < args.duration <= 600:
         p.error("--requests must be in 1..10000 and --duration in (0, 600]")
+    if not 0 < args.ci_width < 1 or not args.time_cap > 0 or args.repeats < 1:
+        p.error("--ci-width must be in (0, 1), --time-cap above 0 and --repeats at least 1")
 
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    import torch
+
+    load_before = load_average()
     texts = make_texts(args.requests, args.seed)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     proc = None
     url = args.url.rstrip("/") if args.url else None
     server_args = list(args.server_arg)
     if args.num_threads is not None:
-        import torch
-
         torch.set_num_threads(args.num_threads)
         server_args += ["--num-threads", str(args.num_threads)]
     if url is None:
         proc, url = start_server(args.model, server_args)
+    width, cap = args.ci_width, args.time_cap
     try:
         inproc = InProcess(args.model, texts)
         asyncio.run(run_level(url, texts[:20], 4, args.duration))  # warm-up
+        batch = inproc.batch_size_pass(batch_sizes, width, cap)
+        print(json.dumps(batch), flush=True)
         results = []
         for c in levels:
-            local = inproc.throughput(batch_sizes)
-            row = asyncio.run(run_level(url, texts, c, args.duration))
-            row["in_process"] = local
-            row["vs_in_process"] = round(row["tokens_per_s"] / local["tokens_per_s"], 3)
-            print(json.dumps(row), flush=True)
+            row = measure_level(url, inproc, c, args.duration, batch["best_batch_size"], width, cap)
+            print(json.dumps({k: v for k, v in row.items() if k != "samples_s_per_token"}))
             results.append(row)
-        short = short_sentence_latency(url, inproc, args.repeats)
+        short = latency_comparison(url, inproc, lambda r: SHORT_SENTENCE, width, args.repeats, cap)
+        mix = latency_comparison(
+            url, inproc, lambda r: texts[r % len(texts)], width, args.repeats, cap
+        )
         info = __import__("httpx").get(url + "/info").json()
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    import torch
+    load_after = load_average()
+    threads = torch.get_num_threads()
+    # The run's own busy threads are in the load read after it: this process's torch threads
+    # and, when it started the server, the server's.
+    own = threads * (2 if proc is not None else 1)
+    warning = load_warning(load_before, load_after, own_threads=own)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -316,17 +588,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "device": info.get("model_device", "?") + f" ({platform.processor() or 'cpu'})",
             "cpus": os.cpu_count(),
-            # Other work on the machine skews every figure: the load average says how much.
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": threads,
         },
+        # Other work on the machine skews every figure: the load average says how much.
+        "load_average": {"before": load_before, "after": load_after, "warning": warning},
+        "ci_width": width,
+        "time_cap_s": cap,
         "texts": len(texts),
+        "in_process_batch_sizes": batch,
         "levels": results,
         "short_sentence": short,
-        "in_process_one_text_latency": inproc.one_text_latency(args.repeats),
+        "one_text_of_the_mix": mix,
     }
     if args.out:
         out = Path(args.out)

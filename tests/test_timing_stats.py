@@ -142,6 +142,16 @@ def test_ratio_comes_from_paired_rounds():
         stats.ratio_summary(base, fast[:-1])
 
 
+def test_rate_summary_turns_the_times_over():
+    per_token = [0.002, 0.001, 0.004, 0.002, 0.001, 0.002]
+    times, rate = stats.summarise(per_token), stats.rate_summary(per_token)
+    assert rate.median == pytest.approx(1 / times.median)
+    assert (rate.ci_low, rate.ci_high) == pytest.approx((1 / times.ci_high, 1 / times.ci_low))
+    assert (rate.p10, rate.p90) == pytest.approx((1 / times.p90, 1 / times.p10))
+    assert rate.ci_low <= rate.median <= rate.ci_high
+    assert rate.samples == 6 and rate.noisy == times.noisy
+
+
 def test_converged_with_ratio_to_uses_the_paired_ratios():
     # Both swing together round by round: each median's interval is wide, the ratio's is not.
     swing = [1.0, 3.0] * 10

@@ -106,6 +106,14 @@ def summarise(samples: Sequence[float], ci_width: float = DEFAULT_CI_WIDTH) -> S
     )
 
 
+def rate_summary(seconds_per_unit: Sequence[float], ci_width: float = DEFAULT_CI_WIDTH) -> Summary:
+    """A rate (units per second) from per-sample seconds per unit: the times' summary turned
+    over (1 / median, the interval's ends and the percentiles swapped), noisy as the times are."""
+    s = summarise(seconds_per_unit, ci_width)
+    return Summary(1 / s.median, 1 / s.ci_high, 1 / s.ci_low, s.samples, 1 / s.p90, 1 / s.p10,
+                   s.noisy)  # fmt: skip
+
+
 def ratio_summary(
     numerators: Sequence[float], denominators: Sequence[float], ci_width: float = DEFAULT_CI_WIDTH
 ) -> Summary:
