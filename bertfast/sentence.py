@@ -905,7 +905,9 @@ class SentenceEncoder:
             batch = [texts[i] for i in order[start : start + batch_size]]
             if prompt:
                 batch = [prompt + t for t in batch]
-            features = self._forward(batch, prompt_length)
+            # Every output (None) includes the padded token embeddings, as sentence-transformers
+            # computes them; the rest skip the padding.
+            features = self._forward(batch, prompt_length, output_value is None)
             if truncate_dim is not None:
                 features["sentence_embedding"] = features["sentence_embedding"][..., :truncate_dim]
             if output_value == "token_embeddings":
@@ -943,9 +945,12 @@ class SentenceEncoder:
             out = list(out)
         return out[0] if single else out
 
-    def _forward(self, texts: list[str], prompt_length: int | None) -> dict[str, torch.Tensor]:
-        """The batch's inputs, ``token_embeddings`` (the encoder's output) and
-        ``sentence_embedding`` (the modules' output), as sentence-transformers' features."""
+    def _forward(
+        self, texts: list[str], prompt_length: int | None, padded_positions: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The batch's inputs, ``token_embeddings`` (the encoder's output; at padded positions
+        only with ``padded_positions``, else zeros there) and ``sentence_embedding`` (the
+        modules' output), as sentence-transformers' features."""
         enc = self.tokenizer(
             texts,
             padding=True,
@@ -954,7 +959,8 @@ class SentenceEncoder:
             return_tensors="pt",
         )
         features = {k: v.to(self.device) for k, v in enc.items()}
-        hidden = self.model(**features).last_hidden_state
+        hidden = self.model(**features, compute_padded_positions=padded_positions)
+        hidden = hidden.last_hidden_state
         features["token_embeddings"] = hidden
         features["sentence_embedding"] = self.apply_modules(
             hidden, features["attention_mask"], prompt_length

@@ -47,6 +47,40 @@ def test_minilm_parity(minilm_dir):
     assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_cpu_inference_packs_real_tokens_and_keeps_parity(tmp_path, int8):
+    """In CPU inference the torch backend runs on the real tokens only: real positions equal
+    transformers' (and the padded layout's), padded positions come back as zeros, and
+    ``compute_padded_positions`` or grad enabled give transformers' padded positions."""
+    from bertfast.cpu_quantize import quantize_
+
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="torch")
+    if int8:
+        quantize_(model, "int8")
+    ids, types, mask = random_batch(hf.config.vocab_size, batch=5, seq=17)
+    assert (mask == 0).any()
+    ref = _hf_outputs(hf, ids, types, mask)
+    pad = mask == 0
+    with torch.inference_mode():
+        packed = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        padded = model(
+            ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True
+        )
+    tol = 0.05 if int8 else PARITY_TOL  # int8: the real positions' error, not the layout's
+    assert max_abs_error(packed.last_hidden_state, ref.last_hidden_state, mask) <= tol
+    assert max_abs_error(packed.last_hidden_state, padded.last_hidden_state, mask) <= 1e-5
+    assert packed.last_hidden_state[pad].abs().max() == 0
+    assert max_abs_error(packed.pooler_output, padded.pooler_output) <= 1e-5
+    for layer in packed.hidden_states[1:]:
+        assert layer[pad].abs().max() == 0
+    if not int8:
+        assert max_abs_error(padded.last_hidden_state, ref.last_hidden_state) <= PARITY_TOL
+        with torch.enable_grad():  # the reference layout: padded positions computed too
+            grad_on = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        assert max_abs_error(grad_on, ref.last_hidden_state) <= PARITY_TOL
+
+
 def test_output_hidden_states(tmp_path):
     path, hf = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="torch")

@@ -23,8 +23,10 @@ differentiated like real ones, as the forward computes them (the reference's aut
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +41,22 @@ from bertfast.ops._dropout import check_dropout_p, check_kernel_dropout, draw_se
 
 
 def _padded_reference(
-    qkv: torch.Tensor, num_heads: int, key_padding_mask: torch.Tensor | None, dropout_p: float
+    qkv: torch.Tensor,
+    num_heads: int,
+    key_padding_mask: torch.Tensor | None,
+    dropout_p: float,
+    padding_is_zero: bool = False,
 ) -> torch.Tensor:
     batch, seq, three_hidden = qkv.shape
     hidden = three_hidden // 3
     q, k, v = qkv.view(batch, seq, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4)
     attn_mask = None
     if key_padding_mask is not None:
-        keep = key_padding_mask[:, None, :, None]
-        # Zero padded K/V so that 0 * NaN cannot leak through the weighted sum.
-        k = torch.where(keep, k, 0)
-        v = torch.where(keep, v, 0)
+        if not padding_is_zero:
+            keep = key_padding_mask[:, None, :, None]
+            # Zero padded K/V so that 0 * NaN cannot leak through the weighted sum.
+            k = torch.where(keep, k, 0)
+            v = torch.where(keep, v, 0)
         has_key = key_padding_mask.any(dim=-1)
         # A row with no real key would be all -inf (NaN softmax): unmask it, zero it after.
         attn_mask = (key_padding_mask | ~has_key[:, None])[:, None, None, :]
@@ -70,11 +77,72 @@ def attention_reference(
     """Plain PyTorch (SDPA) attention with the semantics in the module docstring."""
     if cu_seqlens is None:
         return _padded_reference(qkv, num_heads, key_padding_mask, dropout_p)
-    out = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
-    offsets = cu_seqlens.tolist()
-    for start, end in itertools.pairwise(offsets):
-        if end > start:
-            out[start:end] = _padded_reference(qkv[None, start:end], num_heads, None, dropout_p)[0]
+    return _packed_reference(qkv, num_heads, cu_seqlens, dropout_p)
+
+
+# A packed batch's sequences, longest first, share one padded grid while each is at least this
+# fraction of the grid's length (or the grid is short): mixed lengths (a server's batch) would
+# otherwise make every sequence attend over the longest one's grid.
+GRID_SHARE = 0.7
+SHORT_GRID = 32
+
+
+@functools.lru_cache(maxsize=16)
+def _grids(offsets: tuple[int, ...], device: torch.device) -> list[tuple[int, int, Any, Any, Any]]:
+    """(sequences, grid length, real mask, its flat real positions, packed rows) of each padded
+    grid the packed batch's sequences are laid into, similar lengths sharing one; the mask and
+    positions are None for a grid without padding. Cached: every layer asks again."""
+    lengths = [end - start for start, end in itertools.pairwise(offsets)]
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (
+            lengths[i] >= GRID_SHARE * lengths[groups[-1][0]]
+            or lengths[groups[-1][0]] <= SHORT_GRID
+        ):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    grids = []
+    for group in groups:
+        longest = lengths[group[0]]
+        counts = torch.tensor([lengths[i] for i in group])
+        real = torch.arange(longest) < counts[:, None]
+        rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in group]).to(device)
+        if real.all():
+            grids.append((len(group), longest, None, None, rows))
+        else:
+            flat = real.reshape(-1).nonzero().squeeze(1).to(device)
+            grids.append((len(group), longest, real.to(device), flat, rows))
+    return grids
+
+
+def _packed_reference(
+    qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
+    """The packed form through the padded one: sequences of similar length laid into one
+    zero-filled grid, one masked SDPA a grid, the real rows read back; a handful of calls for
+    a whole batch rather than one per sequence (the CPU path's packed encoder runs this every
+    layer). Rows past the last offset belong to no sequence and come back as zeros."""
+    hidden = qkv.shape[1] // 3
+    grids = _grids(tuple(cu_seqlens.tolist()), qkv.device)
+    if len(grids) == 1 and grids[0][2] is None and grids[0][4].numel() == qkv.shape[0]:
+        count, longest = grids[0][:2]  # equal lengths covering every row: a reshape
+        grid = qkv.view(count, longest, qkv.shape[1])
+        return _padded_reference(grid, num_heads, None, dropout_p).reshape(-1, hidden)
+    out = qkv.new_zeros(qkv.shape[0], hidden)
+    for count, longest, real, flat, rows in grids:
+        grid = qkv.index_select(0, rows)
+        if flat is not None:  # zero-filled padding: no NaN can be there to mask out
+            grid = qkv.new_zeros(count * longest, qkv.shape[1]).index_copy_(0, flat, grid)
+        grid = _padded_reference(
+            grid.view(count, longest, -1),
+            num_heads,
+            real,
+            dropout_p,
+            padding_is_zero=True,
+        ).reshape(count * longest, hidden)
+        out.index_copy_(0, rows, grid if flat is None else grid.index_select(0, flat))
     return out
 
 

@@ -80,8 +80,9 @@ class ModelBackend:
 
     @property
     def padding_free(self) -> bool:
-        """Kernel backends skip padded positions; the torch path computes them."""
-        return self.backend_name != "torch"
+        """Kernel backends skip padded positions, and so does the torch backend in CPU
+        inference (its GEMMs run on the real tokens); the torch path on a GPU computes them."""
+        return self.backend_name != "torch" or self.device.type == "cpu"
 
     def _inputs(self, seqs: list[Sequence]) -> tuple[dict[str, torch.Tensor], list[int]]:
         lengths = [len(s.ids) for s in seqs]

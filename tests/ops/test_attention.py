@@ -205,3 +205,25 @@ def test_tuned_block_sizes_are_used(tmp_path, monkeypatch):
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
     out = attention(qkv, 2, cu_seqlens=cu, max_seqlen=5)
     assert_close(out, attention_reference(qkv, 2, cu_seqlens=cu, max_seqlen=5), atol=2e-5)
+
+
+def test_packed_reference_one_grid_equals_each_sequence_alone():
+    """The packed reference runs the batch as one zero-padded grid: each sequence's rows equal
+    that sequence attended alone; rows past the last offset and empty batches give zeros."""
+    heads, d = 2, 8
+    lengths = [5, 0, 1, 9]
+    total = sum(lengths)
+    qkv = torch.randn(total + 3, 3 * heads * d, dtype=torch.float64)  # 3 rows in no sequence
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    got = attention_reference(qkv, heads, cu_seqlens=cu, max_seqlen=9)
+    start = 0
+    for n in lengths:
+        alone = naive_attention(
+            qkv[None, start : start + n], heads, torch.ones(1, n, dtype=torch.bool)
+        )[0]
+        assert_close(got[start : start + n], alone, atol=1e-12)
+        start += n
+    assert got[total:].abs().max() == 0
+    no_tokens = torch.zeros(3, dtype=torch.int32)
+    empty = attention_reference(qkv[:4], heads, cu_seqlens=no_tokens, max_seqlen=0)
+    assert empty.shape == (4, heads * d) and empty.abs().max() == 0
