@@ -18,6 +18,7 @@ import time
 import types
 
 import pytest
+import torch
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -266,3 +267,27 @@ def test_inputs_of_departed_clients_do_not_fill_the_queue():
             batcher.submit([seq] * 3)
 
     asyncio.run(scenario())
+
+
+def test_vectors_arrive_exactly_and_non_finite_outputs_are_refused(gated):
+    """The answer's floats are the backend's, bit for bit (however the JSON is rendered); a
+    model whose output holds NaN gets an error naming it, never a vector with null or NaN."""
+    from bertfast.serve.backend import EMBED, Sequence
+
+    ids = gated.ids("a finite sentence")
+    with running(gated) as (url, _, _, _):
+        got = httpx.post(f"{url}/embed", json={"inputs": "a finite sentence"}, timeout=WAIT)
+        assert got.status_code == 200, got.text
+        expected = gated.backend.run([Sequence(EMBED, list(ids), [0] * len(ids))])
+        assert got.json() == expected
+        weight = gated.backend.encoder.embeddings.layer_norm.weight
+        saved = weight.detach().clone()
+        with torch.no_grad():
+            weight[0] = float("nan")
+        try:
+            bad = httpx.post(f"{url}/embed", json={"inputs": "a poisoned sentence"}, timeout=WAIT)
+        finally:
+            with torch.no_grad():
+                weight.copy_(saved)
+        assert bad.status_code == 424, bad.text  # not a 200 carrying nulls
+        assert "non-finite" in bad.json()["error"], bad.text

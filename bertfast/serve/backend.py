@@ -33,6 +33,14 @@ class Sequence:
     prompt_length: int | None = None  # tokens of a prepended prompt, [CLS] included
 
 
+def finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t``, or an error naming ``what`` when it holds NaN or inf: a broken model's output is
+    refused, never sent (as null or a non-JSON NaN)."""
+    if not bool(torch.isfinite(t).all()):
+        raise RuntimeError(f"the model's {what} hold non-finite values (NaN or inf)")
+    return t
+
+
 def _architectures(model_dir: Path) -> list[str]:
     config = model_dir / "config.json"
     if not config.is_file():
@@ -184,11 +192,12 @@ class EmbeddingBackend(ModelBackend):
                 groups.setdefault((s.normalize, s.prompt_length), []).append(i)
         for (normalize, prompt_length), rows in groups.items():
             vectors = self._vectors(hidden[rows], mask[rows], normalize, prompt_length).cpu()
+            finite(vectors, "embeddings")
             for row, i in enumerate(rows):
                 out[i] = vectors[row].tolist()
         for i, s in enumerate(seqs):
             if s.task == EMBED_ALL:
-                out[i] = hidden[i, : lengths[i]].float().cpu().tolist()
+                out[i] = finite(hidden[i, : lengths[i]].float().cpu(), "token embeddings").tolist()
         return out
 
     def info(self) -> dict[str, Any]:
@@ -227,7 +236,7 @@ class ClassifierBackend(ModelBackend):
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> list[Any]:
         inputs, _ = self._inputs(seqs)
-        return self.head(**inputs).logits.float().cpu().tolist()
+        return finite(self.head(**inputs).logits.float().cpu(), "logits").tolist()
 
     def info(self) -> dict[str, Any]:
         id2label = {str(i): self.label(i) for i in range(self.num_labels)}
