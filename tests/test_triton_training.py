@@ -12,8 +12,12 @@ from tests.helpers import assert_close, random_batch, random_hf_bert
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def _batch():
-    ids, types, mask = random_batch(99, batch=3, seq=13)
+# Lengths 5, 2 and 1: what the slow paths (dropout, torch.compile) need of a mixed batch.
+SMALL = (3, 5)
+
+
+def _batch(batch=3, seq=13):
+    ids, types, mask = random_batch(99, batch=batch, seq=seq)
     ids[0, 3] = ids[1, 0] = 0  # the padding id among real tokens: its row gets no gradient
     return ids, types, mask
 
@@ -24,8 +28,8 @@ def _loss(last_hidden_state, pooler_output, mask):
     return (last_hidden_state[real] * weights).sum() + pooler_output.square().sum()
 
 
-def _grads(model, hf=False):
-    ids, types, mask = _batch()
+def _grads(model, hf=False, shape=(3, 13)):
+    ids, types, mask = _batch(*shape)
     model.zero_grad()
     if hf:
         out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
@@ -64,7 +68,7 @@ def test_optimizer_steps_match_the_torch_backend(tmp_path):
     for step in range(3):
         losses = []
         for model, optimizer in zip(models, optimizers):
-            loss, _ = _grads(model)
+            loss, _ = _grads(model, shape=SMALL)
             optimizer.step()
             losses.append(loss)
         assert_close(losses[0], losses[1], atol=1e-4, rtol=1e-5, what=f"loss at step {step}")
@@ -78,7 +82,7 @@ def test_bert_dropout_trains_and_the_refusal_names_what_lacks_a_backward(tmp_pat
     the backend is named in the refusal."""
     path, _ = random_hf_bert(tmp_path)
     model = BertModel.from_pretrained(path, backend="triton").train()
-    ids = torch.randint(1, 99, (2, 6))
+    ids = torch.randint(1, 99, (2, 3))
 
     def step(seed):
         torch.manual_seed(seed)
@@ -184,13 +188,13 @@ def test_fused_gemm_epilogues_train_as_the_separate_kernels(tmp_path, monkeypatc
         BertModel.from_pretrained(path, backend="triton", fused_epilogues=fused).train()
         for fused in (True, False)
     ]
-    ids = torch.randint(1, 99, (3, 11))
+    ids, _, mask = _batch(*SMALL)
     weights = torch.linspace(-1, 1, models[0].config.hidden_size)
     results = []
     for model in models:
         torch.manual_seed(7)
         model.zero_grad()
-        out = model(ids, attention_mask=_batch()[2][:, :11])
+        out = model(ids, attention_mask=mask)
         loss = (out.last_hidden_state * weights).sum() + out.pooler_output.square().sum()
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -205,7 +209,8 @@ def test_fused_gemm_epilogues_train_as_the_separate_kernels(tmp_path, monkeypatc
     path, _ = random_hf_bert(tmp_path / "no_dropout", **NO_DROPOUT)
     fused = BertModel.from_pretrained(path, backend="triton", fused_epilogues=True)  # eval
     reference = BertModel.from_pretrained(path, backend="torch")
-    (loss, grads), (ref_loss, ref_grads) = _grads(fused), _grads(reference)
+    loss, grads = _grads(fused, shape=SMALL)
+    ref_loss, ref_grads = _grads(reference, shape=SMALL)
     assert_close(loss, ref_loss, atol=1e-4, rtol=1e-5, what="eval-mode loss")
     for name, expected in ref_grads.items():
         assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=f"eval {name}")
@@ -215,10 +220,11 @@ def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
     """torch.compile(fullgraph=True) traces a training forward on Triton with BERT's dropout
     (seeds drawn inside the trace, the padded layout since row lengths are not read back) in
     one graph; its loss and every gradient equal the eager padded forward with the same seed;
-    without dropout they equal transformers; bad ids fail the traced device asserts."""
-    path, hf = random_hf_bert(tmp_path)
+    without dropout they equal transformers; bad ids fail the traced device asserts. One layer
+    (its dropouts draw seeds of their own) and a small batch: the interpreter is slow."""
+    path, hf = random_hf_bert(tmp_path, num_hidden_layers=1)
     model = BertModel.from_pretrained(path, backend="triton").train()
-    ids, types, mask = _batch()
+    ids, types, mask = _batch(*SMALL)
 
     def loss_of(m, ids):
         out = m(ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True)
@@ -243,7 +249,7 @@ def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
     for name, expected in eager.items():
         assert_close(ours[name], expected, atol=1e-5, rtol=1e-5, what=f"compiled {name}")
 
-    path, hf = random_hf_bert(tmp_path / "no_dropout", **NO_DROPOUT)
+    path, hf = random_hf_bert(tmp_path / "no_dropout", num_hidden_layers=1, **NO_DROPOUT)
     model = BertModel.from_pretrained(path, backend="triton").train()
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -253,7 +259,7 @@ def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
     compiles = counter.frame_count
     again, _ = grads(compiled)  # the first call changed nothing the trace guards on
     assert counter.frame_count == compiles and torch.equal(loss, again)
-    hf_loss, hf_grads = _grads(hf.train(), hf=True)
+    hf_loss, hf_grads = _grads(hf.train(), hf=True, shape=SMALL)
     assert_close(loss, hf_loss, atol=1e-4, rtol=1e-5, what="compiled loss vs transformers")
     ours_as_hf = bertfast_to_hf(ours)
     for name, expected in hf_grads.items():
@@ -287,14 +293,14 @@ def test_saved_activations_are_what_the_backward_needs(tmp_path):
     pre-GELU activation (i; the GELU output, the FFN-down GEMM's input, is recomputed): 9h + i
     floats, plus one LSE per head and token and the seeds; far less than transformers keeps
     for the same batch."""
-    seq, hidden, inter, heads = 48, 32, 64, 2
+    seq, hidden, inter, heads = 24, 32, 64, 2
     path, hf = random_hf_bert(
         tmp_path, hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads
     )
     model = BertModel.from_pretrained(path, backend="triton").train()
     ids = torch.randint(1, 99, (2, seq))
     mask = torch.ones_like(ids)
-    mask[1, 30:] = 0
+    mask[1, 15:] = 0
     tokens = int(mask.sum())
     ours, shapes = _saved_activations(model, lambda: model(ids, attention_mask=mask))
     assert not [s for s in shapes if len(s) >= 2 and s[-2:] == (seq, seq)], shapes
