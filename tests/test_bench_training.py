@@ -24,6 +24,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A small vocabulary: the pre-training head's vocabulary projection and AdamW over the word
 # embeddings are most of a tiny step otherwise.
 SMALL_VOCAB = 512
+# The rows that train on the interpreter: one layer (the rows' fields, errors and rule do not
+# depend on depth; the model's layers are checked in tests/test_triton_training.py).
+INTERPRETER_TINY = {"vocab_size": SMALL_VOCAB, "num_hidden_layers": 1}
 TRAIN_FIELDS = {
     "backend",
     "config",
@@ -72,11 +75,12 @@ def _build_wrong(source, head, dropout):
 
 @pytest.fixture(scope="module")
 def training_run(tmp_path_factory):
-    """The training rows only, at tiny b1×s8 with both heads, the wrong model added."""
+    """The training rows only, at tiny b1×s4 with both heads, the wrong model added."""
     out = tmp_path_factory.mktemp("bench-training")
     lines = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(bench_runners.TINY, "vocab_size", SMALL_VOCAB)
+        for key, value in INTERPRETER_TINY.items():
+            mp.setitem(bench_runners.TINY, key, value)
         mp.setitem(training.TRAINERS, "wrong", training.TrainerSpec(_build_wrong))
         settings = make_settings(
             device="cpu",
@@ -93,7 +97,7 @@ def training_run(tmp_path_factory):
                 "bertfast-triton-graph",
                 "wrong",
             ],
-            train_cases=["tiny:1x8"],
+            train_cases=["tiny:1x4"],
             rep_ms=1,
         )
         # One warm-up and one timed step: a step on the interpreter takes a second or two.
@@ -111,7 +115,7 @@ def test_rows_for_every_backend_that_trains(training_run):
         assert {(backend, "classification"), (backend, "pretraining")} <= got
     for r in rows:
         assert TRAIN_FIELDS <= set(r), TRAIN_FIELDS - set(r)
-        assert (r["config"], r["batch"], r["seq"], r["dtype"]) == ("tiny", 1, 8, "fp32")
+        assert (r["config"], r["batch"], r["seq"], r["dtype"]) == ("tiny", 1, 4, "fp32")
         assert r["autocast"] is False and r["dropout"] == 0.1
         assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert r["optimizer"].startswith("AdamW")
@@ -166,7 +170,7 @@ def test_report_renders_the_training_table_and_plot(training_run):
     assert "| backend | config | head | batch | seq | dtype | ms/step |" in text
     lines = text.splitlines()
     for r in results["training_rows"]:
-        head = f"| {r['backend']} | tiny | {r['head']} | 1 | 8 | fp32 |"
+        head = f"| {r['backend']} | tiny | {r['head']} | 1 | 4 | fp32 |"
         assert sum(line.startswith(head) for line in lines) == 1, head
     wrong = next(line for line in lines if line.startswith("| wrong | tiny | classification"))
     assert "**NO**" in wrong
@@ -443,7 +447,8 @@ def test_backward_candidates_follow_the_backward_registry(monkeypatch):
 def test_fused_epilogue_training_row(monkeypatch):
     """bertfast-triton-fused: the GEMM epilogues fused (ops.linear_epilogue) in training, on the
     interpreter; its loss and gradients as close to HF eager as the unfused model's."""
-    monkeypatch.setitem(bench_runners.TINY, "vocab_size", SMALL_VOCAB)
+    for key, value in INTERPRETER_TINY.items():
+        monkeypatch.setitem(bench_runners.TINY, key, value)
     calls = []
     original = ops.linear_epilogue
 
