@@ -150,9 +150,137 @@ def timed(fn: Callable[[int], object]) -> Callable[[int], float]:
     return run
 
 
-async def run_level(url: str, texts: list[str], concurrency: int, duration: float) -> dict:
+def _request_bytes(host: str, body: bytes) -> bytes:
+    return (
+        b"POST /embed HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % (host.encode(), len(body))
+    ) + body
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on one blocking socket, for the concurrency-1
+    latency rows: next to nothing of the measured time is the client's own Python."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.address = (parsed.hostname, parsed.port or 80)
+        self.host = parsed.netloc
+        self.sock: socket.socket | None = None
+
+    def post_embed(self, text: str) -> dict[str, str]:
+        """POST /embed {"inputs": text, "truncate": true}; the headers, or an error."""
+        body = json.dumps({"inputs": text, "truncate": True}).encode()
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=60)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.reader = self.sock.makefile("rb")
+        self.sock.sendall(_request_bytes(self.host, body))
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = self.reader.readline()
+            if not line:
+                raise ConnectionError("the server closed the connection")
+            head += line
+        status, headers = _parse_head(head)
+        self.reader.read(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        if status != 200:
+            raise RuntimeError(f"/embed answered {status}")
+        return headers
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.reader.close()
+            self.sock.close()
+            self.sock = None
+
+
+async def run_level(
+    url: str, texts: list[str], concurrency: int, duration: float, client: str = "raw"
+) -> dict:
     """One round of a level: the texts in order, ``concurrency`` at a time, until all are sent
-    or ``duration`` seconds pass; counts, the wall time and every answered request's latency."""
+    or ``duration`` seconds pass; counts, the wall time, every answered request's latency and
+    the CPU seconds this (client) process spent. ``client`` "raw": keep-alive HTTP/1.1 on
+    asyncio streams, so the load generator takes little of the cores it shares with the
+    server; "httpx": httpx's AsyncClient (several times the client CPU per request)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    if client == "raw":
+        answer = await _run_level_raw(url, texts, concurrency, duration)
+    else:
+        answer = await _run_level_httpx(url, texts, concurrency, duration)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    answer["client_cpu_s"] = usage.ru_utime + usage.ru_stime - cpu_before
+    return answer
+
+
+async def _run_level_raw(url: str, texts: list[str], concurrency: int, duration: float) -> dict:
+    parsed = urlparse(url)
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    tokens = 0
+    next_index = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal next_index, tokens
+        reader = writer = None
+        while next_index < len(texts) and time.perf_counter() < deadline:
+            text = texts[next_index]
+            next_index += 1
+            body = json.dumps({"inputs": text, "truncate": True}).encode()
+            start = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+                writer.write(_request_bytes(parsed.netloc, body))
+                status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+                await reader.readexactly(int(headers.get("content-length", 0)))
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                statuses[type(exc).__name__] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                continue
+            elapsed = time.perf_counter() - start
+            statuses[str(status)] += 1
+            if status == 200:
+                latencies.append(elapsed)
+                tokens += int(headers.get("x-compute-tokens", 0))
+            if headers.get("connection", "").lower() == "close":
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {
+        "requests": sum(statuses.values()),
+        "ok": statuses.get("200", 0),
+        "statuses": dict(statuses),
+        "tokens": tokens,
+        "seconds": wall,
+        "latencies_s": latencies,
+    }
+
+
+async def _run_level_httpx(url: str, texts: list[str], concurrency: int, duration: float) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -273,6 +401,12 @@ def level_row(concurrency: int, rounds: list[dict], result: Interleaved, ci_widt
         "errors": {k: v for k, v in statuses.items() if k != "200"},
         "seconds": round(sum(r["seconds"] for r in rounds), 3),
     }
+    answered = sum(r["ok"] for r in rounds)
+    if answered and all("client_cpu_s" in r for r in rounds):
+        # The load generator shares the cores: what it took of them, per answered request.
+        row["client_cpu_ms_per_request"] = round(
+            1e3 * sum(r["client_cpu_s"] for r in rounds) / answered, 3
+        )
     if SERVER in result.samples:
         per_round = [r["ok"] / r["seconds"] for r in rounds if r["seconds"] > 0]
         row["requests_per_s"] = round(statistics.median(per_round), 2)
@@ -299,13 +433,14 @@ def measure_level(
     batch_size: int,
     ci_width: float,
     time_cap: float,
+    client: str = "raw",
 ) -> dict:
     """Rounds of the level, each beside one in-process encode of the same texts, interleaved
     until both medians are within ``ci_width`` or ``time_cap`` seconds pass."""
     rounds: list[dict] = []
 
     def server(r: int) -> float:
-        answer = asyncio.run(run_level(url, inproc.texts, concurrency, duration))
+        answer = asyncio.run(run_level(url, inproc.texts, concurrency, duration, client))
         rounds.append(answer)
         if not answer["tokens"]:
             raise RuntimeError(f"no request answered: {answer['statuses']}")
@@ -330,16 +465,21 @@ def latency_comparison(
     ci_width: float,
     min_rounds: int,
     time_cap: float,
+    client: str = "raw",
 ) -> dict:
     """One text a round (``text_for_round(r)``) through the server at concurrency 1 and
     encoded in process, interleaved until the interval of their per-round ratio is within
-    ``ci_width`` or ``time_cap`` seconds pass."""
+    ``ci_width`` or ``time_cap`` seconds pass; ``client`` as ``run_level``'s."""
     import httpx
 
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    raw = RawClient(url)
     with httpx.Client(timeout=60, transport=httpx.HTTPTransport(socket_options=nodelay)) as c:
 
         def server(r: int) -> None:
+            if client == "raw":
+                raw.post_embed(text_for_round(r))
+                return
             body = {"inputs": text_for_round(r), "truncate": True}
             c.post(url + "/embed", json=body).raise_for_status()
 
@@ -359,6 +499,7 @@ def latency_comparison(
             time_call=settled(candidates),
             ratio_to=IN_PROCESS,
         )
+    raw.close()
     return latency_row(result, ci_width)
 
 
@@ -453,7 +594,8 @@ def markdown(report: dict) -> str:
         f"Model {report['model']}; /embed, one text a request, {report['texts']} texts "
         "(half 4-16 words, a third 17-64, the rest 65-200), the same texts at every level. "
         f"Load generator and server share the machine's {m['cpus']} cores; torch threads "
-        f"{m['torch_threads']} on both sides. {report['date']}.",
+        f"{m['torch_threads']} on both sides; the load generator's client: "
+        f"{report.get('client', 'httpx')} (its CPU per request in the table). {report['date']}.",
         "",
         *load_lines(report["load_average"]),
         "",
@@ -466,8 +608,8 @@ def markdown(report: dict) -> str:
         "server / in-process is the per-round ratio of tokens/s.",
         "",
         "| concurrency | rounds | requests | errors | req/s | tokens/s | p50 ms | p90 ms | "
-        "p99 ms | in-process tokens/s | server / in-process |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "p99 ms | client CPU ms/request | in-process tokens/s | server / in-process |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["levels"]:
         errs = sum(row["errors"].values())
@@ -480,7 +622,7 @@ def markdown(report: dict) -> str:
             f"{row['requests_per_s'] if row['requests_per_s'] is not None else '–'} | "
             f"{_interval(row['tokens_per_s'], row['tokens_per_s_ci'], row['noisy'])} | "
             f"{_interval(row['p50_ms'], row.get('p50_ci_ms'))} | {row['p90_ms']} | "
-            f"{row['p99_ms']} | "
+            f"{row['p99_ms']} | {row.get('client_cpu_ms_per_request', '–')} | "
             f"{_interval(ip.get('tokens_per_s'), ip.get('tokens_per_s_ci'), ip.get('noisy'))} | "
             f"{ratio} |"
         )
@@ -510,6 +652,13 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=100, help="latency rounds at least (short sentence; mix)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="raw: keep-alive HTTP/1.1 on plain sockets, so the load generator takes little of "
+        "the cores it shares with the server; httpx: httpx's clients (default: raw)",
+    )
     p.add_argument("--batch-sizes", default="8,32", help="in-process encode batch sizes")
     p.add_argument(
         "--ci-width", type=float, default=0.05, help="target 95 %% interval / median (0.05)"
@@ -555,17 +704,21 @@ def main(argv: list[str] | None = None) -> int:
     width, cap = args.ci_width, args.time_cap
     try:
         inproc = InProcess(args.model, texts)
-        asyncio.run(run_level(url, texts[:20], 4, args.duration))  # warm-up
+        asyncio.run(run_level(url, texts[:20], 4, args.duration, args.client))  # warm-up
         batch = inproc.batch_size_pass(batch_sizes, width, cap)
         print(json.dumps(batch), flush=True)
         results = []
         for c in levels:
-            row = measure_level(url, inproc, c, args.duration, batch["best_batch_size"], width, cap)
+            row = measure_level(
+                url, inproc, c, args.duration, batch["best_batch_size"], width, cap, args.client
+            )
             print(json.dumps({k: v for k, v in row.items() if k != "samples_s_per_token"}))
             results.append(row)
-        short = latency_comparison(url, inproc, lambda r: SHORT_SENTENCE, width, args.repeats, cap)
+        short = latency_comparison(
+            url, inproc, lambda r: SHORT_SENTENCE, width, args.repeats, cap, args.client
+        )
         mix = latency_comparison(
-            url, inproc, lambda r: texts[r % len(texts)], width, args.repeats, cap
+            url, inproc, lambda r: texts[r % len(texts)], width, args.repeats, cap, args.client
         )
         info = __import__("httpx").get(url + "/info").json()
     finally:
@@ -594,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         # Other work on the machine skews every figure: the load average says how much.
         "load_average": {"before": load_before, "after": load_after, "warning": warning},
+        "client": args.client,
         "ci_width": width,
         "time_cap_s": cap,
         "texts": len(texts),

@@ -109,8 +109,10 @@ def test_each_level_carries_its_interval_and_rounds(serve_run):
     report, _ = serve_run
     assert report["ci_width"] == 0.05 and report["time_cap_s"] == 2.0
     assert [row["concurrency"] for row in report["levels"]] == [1, 2]
+    assert report["client"] == "raw"  # the lean load generator by default
     for row in report["levels"]:
         assert row["failed"] == {} and row["errors"] == {}
+        assert row["client_cpu_ms_per_request"] > 0
         assert row["rounds"] >= 1 and row["samples"] == row["rounds"]
         assert row["ok"] == 6 * row["rounds"] == row["latency_samples"]
         low, high = row["tokens_per_s_ci"]
