@@ -27,8 +27,8 @@ def write_vocab(path) -> None:
     path.write_text("\n".join(SPECIAL + WORDS + pieces + list("abcdefghijklmnopqrstuvwxyz")))
 
 
-def tiny_model(path, dropout: float = 0.1, seed: int = 0):
-    """A random transformers.BertModel (hidden 32, 2 layers) with its vocab.txt."""
+def tiny_model(path, dropout: float = 0.1, seed: int = 0, layers: int = 2):
+    """A random transformers.BertModel (hidden 32, 2 layers unless said) with its vocab.txt."""
     path.mkdir(parents=True, exist_ok=True)
     write_vocab(path / "vocab.txt")
     vocab = len((path / "vocab.txt").read_text().split("\n"))
@@ -36,7 +36,7 @@ def tiny_model(path, dropout: float = 0.1, seed: int = 0):
     config = transformers.BertConfig(
         vocab_size=vocab,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
@@ -176,18 +176,20 @@ def test_unknown_label_at_evaluation_is_named(capsys, tmp_path, model_dir, senti
     assert code == 2 and f"{validation}, line 1, field 'label': unknown label 'neutral'" in err
 
 
-def test_finetune_on_the_triton_backend(capsys, tmp_path, model_dir, sentiment):
+def test_finetune_on_the_triton_backend(capsys, tmp_path, sentiment):
     """The fused kernels train, BERT's dropout included (the tiny model keeps transformers'
-    default 0.1): two steps run, their losses are finite and a checkpoint is written."""
+    default 0.1): two steps run, their losses are finite and a checkpoint is written. One
+    layer and two examples a step: the interpreter runs each kernel."""
     from bertfast import backend_report
 
     if backend_report("cpu")["triton"]:
         pytest.skip(f"triton cannot run here: {backend_report('cpu')['triton']}")
+    model_dir = tiny_model(tmp_path / "model", layers=1)
     out_dir = tmp_path / "out"
     argv = ["--task", "classification", "--model", str(model_dir), "--train", sentiment[0]]
     common = [a for a in COMMON if a not in ("--backend", "torch")]
     argv += ["--output", str(out_dir), "--backend", "triton", "--stop-after-steps", "2"]
-    argv += ["--batch-size", "4", *common]
+    argv += ["--batch-size", "2", *common]
     code = main(["finetune", *argv])  # two steps: the interpreter is slow
     err = capsys.readouterr().err
     assert code == 0, err
