@@ -9,6 +9,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests import cuda_build  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -17,6 +19,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cuda_build_in_background(request, tmp_path_factory):
+    """Starts building csrc/ as the session begins when a collected test needs the module, so
+    that nvcc runs beside the tests before it (tests/cuda_build.py); a build still running
+    when the session ends is stopped."""
+    needed = any(
+        cuda_build.FIXTURE in getattr(i, "fixturenames", ()) for i in request.session.items
+    )
+    if needed and cuda_build.missing_tools() is None:
+        cuda_build.start(tmp_path_factory.mktemp("cuda_build"))
+    yield
+    cuda_build.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from bertfast.cuda import attention as attention_module
 from bertfast.cuda import bias_gelu as bias_gelu_module
 from bertfast.cuda import bias_residual_layer_norm as layer_norm_module
 from bertfast.cuda import embedding_layer_norm as embedding_module
+from tests import cuda_build
 
 # The checked entry points of the CUDA kernels are the ops with backend="cuda".
 attention = functools.partial(ops.attention, backend="cuda")
@@ -28,20 +29,10 @@ bias_gelu = functools.partial(ops.bias_gelu, backend="cuda")
 bias_residual_layer_norm = functools.partial(ops.bias_residual_layer_norm, backend="cuda")
 embedding_layer_norm = functools.partial(ops.embedding_layer_norm, backend="cuda")
 
-ROOT = Path(__file__).resolve().parents[1]
-ARCHS = ("80", "90a")
+ARCHS = cuda_build.ARCHS
 ATTENTION_INSTANCES = [
     (dtype, d) for dtype in ("__half", "__nv_bfloat16") for d in (16, 32, 64, 128)
 ]
-
-
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"), reverse=True):
-        return str(candidate)
-    return None
 
 
 def _cuobjdump() -> str | None:
@@ -56,35 +47,13 @@ def _cuobjdump() -> str | None:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """csrc/ built once per session into a temporary directory (not into bertfast/)."""
-    nvcc, cmake = _nvcc(), shutil.which("cmake")
-    if nvcc is None or cmake is None:
-        pytest.skip(f"building csrc/ needs nvcc and cmake (nvcc: {nvcc}, cmake: {cmake})")
-    if importlib.util.find_spec("pybind11") is None:
-        pytest.skip("building csrc/ needs pybind11 (pip install pybind11)")
-    build = tmp_path_factory.mktemp("cuda_build")
-    out = build / "module"
-    configure = [
-        cmake,
-        "-S",
-        str(ROOT),
-        "-B",
-        str(build),
-        f"-DCMAKE_CUDA_COMPILER={nvcc}",
-        f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(ARCHS)}",
-        f"-DBERTFAST_OUTPUT_DIR={out}",
-        f"-DPython_EXECUTABLE={sys.executable}",
-    ]
-    if shutil.which("ninja"):
-        configure += ["-G", "Ninja"]
-    log = []
-    for cmd in (configure, [cmake, "--build", str(build), "-j2"]):
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        log.append(result.stdout + result.stderr)
-        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-1][-4000:]}"
-    modules = list(out.glob("_cuda*.so"))
-    assert len(modules) == 1, f"expected one _cuda*.so in {out}, found {modules}"
-    return modules[0], build
+    """(module path, build directory) of csrc/ built once per session: the build that
+    tests/conftest.py started in the background as the session began, or one started now."""
+    reason = cuda_build.missing_tools()
+    if reason is not None:
+        pytest.skip(reason)
+    build = cuda_build.started() or cuda_build.start(tmp_path_factory.mktemp("cuda_build"))
+    return build.wait(), build.dir
 
 
 def _load(path: Path):
@@ -95,7 +64,10 @@ def _load(path: Path):
     return module
 
 
+@functools.cache
 def _sass_by_function(library: Path, arch: str) -> dict[str, str]:
+    """SASS by function name, disassembled once per library and arch (a dump takes seconds;
+    the tests only read it)."""
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (it ships in the triton wheel)")
