@@ -542,7 +542,9 @@ def test_pipelines_on_the_triton_backend(dirs, fill_masks, qa, taggers):
     fill = pipeline("fill-mask", model=dirs["mlm"], backend="triton")
     assert fill.model.backend == "triton"
     assert_same(fill(texts), fill_masks[0](texts), "fill-mask")
-    kwargs = dict(question=QUESTION, context=CONTEXT, max_seq_len=48, doc_stride=16, top_k=3)
+    # The context's first two sentences: still several windows, fewer tokens to interpret.
+    context = CONTEXT[: CONTEXT.index(" Through")]
+    kwargs = dict(question=QUESTION, context=context, max_seq_len=48, doc_stride=16, top_k=3)
     triton_qa = pipeline("question-answering", model=dirs["qa"], backend="triton")
     assert_same(triton_qa(**kwargs), qa(**kwargs), "question-answering")
     ner = pipeline("ner", model=dirs["ner"], backend="triton", aggregation_strategy="average")
