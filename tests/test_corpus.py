@@ -240,7 +240,11 @@ def test_resume_redoes_only_unfinished_shards(tiny_dir, tiny_encoder, corpus, tm
     assert json.loads((out / "manifest.json").read_text()) == whole
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir, tiny_encoder, tmp_path):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir, tiny_encoder, tmp_path, capsys):
+    """A killed process leaves finished shards; the command run again (here in this process)
+    resumes after them."""
+    from bertfast.cli import main
+
     texts = make_texts(600, seed=5)
     path = write_text(tmp_path / "in.txt", texts)
     args = [
@@ -277,10 +281,11 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir, tiny_encoder,
     finished = sorted(p.name for p in out.glob("shard-*.json"))
     assert 1 <= len(finished) < 5
     fast = ["--batch-tokens", "4096"]  # the batch size is not a setting: resuming may change it
-    resumed = run_cli(*args[:-2], *fast, "--output", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} already finished" in resumed.stderr
-    assert "texts/s" in resumed.stderr and "tokens/s" in resumed.stderr
+    capsys.readouterr()
+    assert main([*args[:-2], *fast, "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(finished)} already finished" in err, err
+    assert "texts/s" in err and "tokens/s" in err
     embed(tiny_encoder, [path], tmp_path / "whole", model=tiny_dir, shard_size=120)
     a, ids_a = load_embeddings(out)
     b, ids_b = load_embeddings(tmp_path / "whole")
