@@ -1,6 +1,9 @@
-"""The command line, run as a user runs it."""
+"""The command line: main() as ``python -m bertfast`` calls it, and a real process where the
+whole process's output is what is checked (one-line errors). tests/test_pipelines_cli.py runs
+the ``python -m bertfast`` entry point itself."""
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -11,38 +14,48 @@ import pytest
 import torch
 
 
-def run_cli(*args, stdin=None):
-    env = dict(os.environ)
+def run_cli(*args):
+    """``python -m bertfast ARGS`` in a new process, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "bertfast", *args],
         capture_output=True,
         text=True,
-        input=stdin,
-        env=env,
+        env=dict(os.environ),
         timeout=300,
     )
 
 
-def test_info_json():
-    result = run_cli("info", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+def run_main(argv, capsys):
+    """bertfast's main() in this process: (exit code, stdout, stderr)."""
+    from bertfast.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_json(capsys):
+    code, out, err = run_main(["info", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
     assert report["backends"]["cpu"]["torch"] is None
     assert report["backends"]["cpu"]["cuda"]  # "not built", or "CUDA devices only" once built
 
 
-def test_embed_similarity_json(minilm_dir):
-    result = run_cli("embed", "A cat sits.", "A cat is sitting.", "Markets fell.", "--json")
-    assert result.returncode == 0, result.stderr
-    sims = json.loads(result.stdout)["cosine_similarity"]
+def test_embed_similarity_json(minilm_dir, capsys):
+    argv = ["embed", "A cat sits.", "A cat is sitting.", "Markets fell.", "--json"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    sims = json.loads(out)["cosine_similarity"]
     assert sims[0][0] == pytest.approx(1.0, abs=1e-5)
     assert sims[0][1] > sims[0][2]
 
 
-def test_embed_vectors_from_stdin(minilm_dir):
-    result = run_cli("embed", "--show", "vectors", "--json", stdin="hello world\n")
-    assert result.returncode == 0, result.stderr
-    (vector,) = json.loads(result.stdout)["embeddings"]
+def test_embed_vectors_from_stdin(minilm_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"hello world\n")))
+    code, out, err = run_main(["embed", "--show", "vectors", "--json"], capsys)
+    assert code == 0, err
+    (vector,) = json.loads(out)["embeddings"]
     assert len(vector) == 384 and sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -63,22 +76,14 @@ def test_errors_are_one_line(args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def run_main(argv, capsys):
-    """bertfast's main() in this process: (exit code, stdout, stderr)."""
-    from bertfast.cli import main
-
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_no_command_prints_the_usage_to_stderr_and_exits_2():
-    result = run_cli()  # python -m bertfast, as argparse answers a missing argument
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("usage: bertfast")
+def test_no_command_prints_the_usage_to_stderr_and_exits_2(capsys):
+    # python -m bertfast with no command, as argparse answers a missing argument
+    code, out, err = run_main([], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("usage: bertfast")
     for command in ("info", "embed", "fill-mask", "qa", "bench"):
-        assert f"    {command}" in result.stderr
-    assert result.stderr.rstrip().endswith(
+        assert f"    {command}" in err
+    assert err.rstrip().endswith(
         "bertfast: error: give a command (bertfast COMMAND --help for its options)"
     )
 
@@ -164,21 +169,25 @@ def test_every_option_says_what_it_does_and_its_default():
             assert "default" in shown, f"{where}: help does not give its default: {shown!r}"
 
 
-def test_help_shows_defaults():
-    result = run_cli("qa", "--help")
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
+def test_help_shows_defaults(capsys):
+    from bertfast.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["qa", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     assert "--backend" in text and "(default: auto)" in text
     assert "(default: 15)" in text  # --max-answer-len
     assert "--doc-stride" in text and "half of --max-seq-len" in text
 
 
-def test_low_precision_on_cpu_says_what_ran(minilm_dir):
+def test_low_precision_on_cpu_says_what_ran(minilm_dir, capsys):
     # fp16 runs, slowly, with a note; bf16 needs native bf16 (tests/test_cpu_precision.py).
-    result = run_cli("embed", "hello", "--dtype", "fp16", "--device", "cpu", "--show", "vectors")
-    assert result.returncode == 0, result.stderr
-    assert "embeddings (torch backend, fp16, cpu):" in result.stdout
-    assert "running fp16 on the torch backend on cpu" in result.stderr
+    argv = ["embed", "hello", "--dtype", "fp16", "--device", "cpu", "--show", "vectors"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "embeddings (torch backend, fp16, cpu):" in out
+    assert "running fp16 on the torch backend on cpu" in err
 
 
 def test_a_dtype_the_device_cannot_run_is_refused(monkeypatch):
