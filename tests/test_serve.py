@@ -751,9 +751,9 @@ def test_200_concurrent_mixed_requests_each_get_their_own_answer(servers, client
     requests = []
     for i in range(200):
         n_inputs = rng.choice((1, 1, 1, 1, 2, 3))
-        # Every text is unique (its index leads), lengths from 2 to 80 words.
+        # Every text is unique (its index leads), lengths from 2 to 40 words.
         texts = [
-            f"request {i} input {k}: " + random_text(rng, rng.choice((2, 5, 10, 25, 80)))
+            f"request {i} input {k}: " + random_text(rng, rng.choice((2, 5, 10, 20, 40)))
             for k in range(n_inputs)
         ]
         requests.append(texts)
