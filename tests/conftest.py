@@ -35,6 +35,18 @@ def _cuda_build_in_background(request, tmp_path_factory):
     cuda_build.stop()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_process_state():
+    """Each test module leaves torch's grad mode and thread count as it found them: a script's
+    main() run in this process (benchmarks/serve_load.py turns grad off and sets the threads)
+    must not change them for the modules after it."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    yield
+    torch.set_grad_enabled(grad)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
