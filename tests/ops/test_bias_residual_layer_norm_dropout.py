@@ -102,7 +102,7 @@ def test_the_backward_draws_the_forwards_mask():
 
 def test_keep_rate_and_seeds():
     p = 0.3
-    rows, hidden = 64, 64
+    rows, hidden = 16, 256  # 4,096 draws in few rows: the interpreter runs a program per row
     kept = hidden_dropout.dropout_mask((rows, hidden), p, 123, torch.device("cpu"))
     assert abs(kept.float().mean().item() - (1 - p)) < 0.04  # 4,096 draws: 4 sigma is 0.029
     assert torch.equal(kept, hidden_dropout.dropout_mask((rows, hidden), p, 123, "cpu"))
@@ -121,7 +121,7 @@ def test_scale_keeps_the_mean():
     """Kept elements are scaled by 1 / (1 - p): with residual 0 and an identity-like LayerNorm
     input the pre-norm sum's mean over many elements stays x's."""
     p = 0.5
-    rows, hidden = 256, 32
+    rows, hidden = 32, 256  # 8,192 draws, a program per row
     kept = hidden_dropout.dropout_mask((rows, hidden), p, 9, torch.device("cpu"))
     x = torch.ones(rows, hidden)
     dropped = torch.where(kept, x / (1 - p), 0.0)
