@@ -24,9 +24,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A small vocabulary: the pre-training head's vocabulary projection and AdamW over the word
 # embeddings are most of a tiny step otherwise.
 SMALL_VOCAB = 512
-# The rows that train on the interpreter: one layer (the rows' fields, errors and rule do not
-# depend on depth; the model's layers are checked in tests/test_triton_training.py).
-INTERPRETER_TINY = {"vocab_size": SMALL_VOCAB, "num_hidden_layers": 1}
+# The rows that train on the interpreter: one layer, FFN width 128 (the rows' fields, errors
+# and rule do not depend on size; the model's layers are checked in test_triton_training.py).
+INTERPRETER_TINY = {"vocab_size": SMALL_VOCAB, "num_hidden_layers": 1, "intermediate_size": 128}
 TRAIN_FIELDS = {
     "backend",
     "config",
