@@ -1,8 +1,9 @@
-"""csrc/ built once per test session with CMake into a temporary directory (not into bertfast/).
+"""csrc/ built once per test session with CMake into a temporary directory (not into bertfast/),
+then its machine code disassembled for each arch (cuobjdump -sass, seconds each).
 
-The build runs in a child process at low priority. tests/conftest.py starts it as the session
-begins when a collected test asks for the ``built`` fixture, so nvcc compiles beside the tests
-that come first (the interpreter tests leave the second core idle); the fixture then only waits.
+Both run in a child process at low priority. tests/conftest.py starts it as the session begins
+when a collected test asks for the ``built`` fixture, so nvcc compiles beside the tests that
+come first (the interpreter tests leave the second core idle); the fixture then only waits.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def nvcc() -> str | None:
     for candidate in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"), reverse=True):
         return str(candidate)
     return None
+
+
+def cuobjdump() -> str | None:
+    """The cuobjdump shipped in the triton wheel, else one on the PATH."""
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("cuobjdump")
 
 
 def missing_tools() -> str | None:
@@ -67,6 +78,13 @@ class Build:
         script = " && ".join(
             f"echo {shlex.quote('$ ' + shlex.join(c))} && {shlex.join(c)}" for c in steps
         )
+        tool = cuobjdump()
+        if tool is not None:  # a failed dump only leaves its file out: sass() then says None
+            for arch in ARCHS:
+                dump = shlex.join([tool, "-sass", "-arch", f"sm_{arch}"])
+                out = shlex.quote(str(self._sass_path(arch)))
+                script += f" && {{ {dump} {shlex.quote(str(self.out))}/_cuda*.so > {out}.tmp"
+                script += f" && mv {out}.tmp {out} || true; }}"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 ["nice", "-n", "19", "sh", "-c", script],
@@ -86,6 +104,15 @@ class Build:
         modules = list(self.out.glob("_cuda*.so"))
         assert len(modules) == 1, f"expected one _cuda*.so in {self.out}, found {modules}"
         return modules[0]
+
+    def _sass_path(self, arch: str) -> Path:
+        return self.dir / f"sass-sm_{arch}.txt"
+
+    def sass(self, arch: str) -> str | None:
+        """``cuobjdump -sass -arch sm_ARCH`` of the module, as the finished job wrote it, or
+        None where it did not."""
+        path = self._sass_path(arch)
+        return path.read_text() if self.proc.poll() == 0 and path.is_file() else None
 
     def stop(self) -> None:
         if self.proc.poll() is None:

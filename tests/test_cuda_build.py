@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +34,6 @@ ATTENTION_INSTANCES = [
 ]
 
 
-def _cuobjdump() -> str | None:
-    """The cuobjdump shipped in the triton wheel, else one on the PATH."""
-    spec = importlib.util.find_spec("triton")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("cuobjdump")
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """(module path, build directory) of csrc/ built once per session: the build that
@@ -64,11 +53,15 @@ def _load(path: Path):
     return module
 
 
-@functools.cache
-def _sass_by_function(library: Path, arch: str) -> dict[str, str]:
-    """SASS by function name, disassembled once per library and arch (a dump takes seconds;
-    the tests only read it)."""
-    tool = _cuobjdump()
+def _sass(library: Path, arch: str) -> str:
+    """``cuobjdump -sass`` of ``library`` for ``arch``: the session's build job dumped it beside
+    the module, else it is dumped now."""
+    build = cuda_build.started()
+    if build is not None and library.parent == build.out:
+        dumped = build.sass(arch)
+        if dumped is not None:
+            return dumped
+    tool = cuda_build.cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (it ships in the triton wheel)")
     result = subprocess.run(
@@ -78,9 +71,16 @@ def _sass_by_function(library: Path, arch: str) -> dict[str, str]:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@functools.cache
+def _sass_by_function(library: Path, arch: str) -> dict[str, str]:
+    """SASS by function name, disassembled once per library and arch (a dump takes seconds;
+    the tests only read it)."""
     functions: dict[str, str] = {}
     name = None
-    for line in result.stdout.splitlines():
+    for line in _sass(library, arch).splitlines():
         match = re.match(r"\s*Function : (\S+)", line)
         if match:
             name = match.group(1)
@@ -135,7 +135,7 @@ def test_attention_runs_on_tensor_cores(built, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_attention_has_no_register_spills(built, arch):
-    tool = _cuobjdump()
+    tool = cuda_build.cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (it ships in the triton wheel)")
     result = subprocess.run(
