@@ -218,58 +218,72 @@ def test_fused_gemm_epilogues_train_as_the_separate_kernels(tmp_path, monkeypatc
         assert_close(grads[name], expected, atol=1e-4, rtol=1e-4, what=f"eval {name}")
 
 
-def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
-    """torch.compile(fullgraph=True) traces a training forward on Triton with BERT's dropout
-    (seeds drawn inside the trace, the padded layout since row lengths are not read back) in
-    one graph; its loss and every gradient equal the eager padded forward with the same seed;
-    without dropout they equal transformers; bad ids fail the traced device asserts. One layer
-    (its dropouts draw seeds of their own) and a small batch: the interpreter is slow."""
-    path, hf = random_hf_bert(tmp_path, num_hidden_layers=1)
-    model = BertModel.from_pretrained(path, backend="triton").train()
-    ids, types, mask = _batch(*SMALL)
+def _compiled_loss(mask, types):
+    """The loss of a padded training forward, written for torch.compile(fullgraph=True): the
+    real tokens weighted, not selected (a boolean index breaks a graph)."""
 
     def loss_of(m, ids):
         out = m(ids, attention_mask=mask, token_type_ids=types, compute_padded_positions=True)
-        # _loss with the real tokens weighted, not selected (a boolean index breaks a graph).
         weights = torch.linspace(-1, 1, out.last_hidden_state.shape[-1])
         real = mask[..., None].to(out.last_hidden_state.dtype)
         pooled = out.pooler_output.square().sum()
         return (out.last_hidden_state * real * weights).sum() + pooled
 
+    return loss_of
+
+
+def _step(fn, model, ids):
+    """(loss, gradient of every parameter) of ``fn(model, ids)``, seeded as every call here."""
+    torch.manual_seed(5)
+    model.zero_grad()
+    loss = fn(model, ids)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_compiled_training_step_is_one_graph_and_matches_eager(tmp_path):
+    """torch.compile(fullgraph=True) traces a training forward on Triton with BERT's dropout
+    (seeds drawn inside the trace, the padded layout since row lengths are not read back) in
+    one graph; its loss and every gradient equal the eager padded forward with the same seed;
+    bad ids fail the traced device asserts. One layer (its dropouts draw seeds of their own)
+    and two short rows: the interpreter draws every mask. Without dropout: the slow test below."""
+    path, _ = random_hf_bert(tmp_path, num_hidden_layers=1)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    ids, types, mask = _batch(2, 4)  # lengths 4 and 1
+    loss_of = _compiled_loss(mask, types)
     # fullgraph=True: a graph break would raise instead of splitting the trace
     compiled = torch.compile(loss_of, backend="aot_eager", fullgraph=True)
-
-    def grads(fn):
-        torch.manual_seed(5)
-        model.zero_grad()
-        loss = fn(model, ids)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    (loss, ours), (eager_loss, eager) = grads(compiled), grads(loss_of)
+    (loss, ours), (eager_loss, eager) = _step(compiled, model, ids), _step(loss_of, model, ids)
     assert_close(loss, eager_loss, atol=1e-5, rtol=1e-6, what="compiled loss")
     for name, expected in eager.items():
         assert_close(ours[name], expected, atol=1e-5, rtol=1e-5, what=f"compiled {name}")
+    bad = ids.clone()
+    bad[1, 2] = model.config.vocab_size
+    with pytest.raises(RuntimeError, match=r"input_ids holds values outside \[0, 99\)"):
+        compiled(model, bad)
 
-    path, hf = random_hf_bert(tmp_path / "no_dropout", num_hidden_layers=1, **NO_DROPOUT)
-    model = BertModel.from_pretrained(path, backend="triton").train()
+
+@pytest.mark.slow
+def test_compiled_training_step_without_dropout_equals_transformers_and_compiles_once(tmp_path):
+    """The compiled training step of the test above without dropout: a second call compiles
+    nothing again (the first changed nothing the trace guards on) and gives the same loss; loss
+    and every gradient equal transformers'."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
+    path, hf = random_hf_bert(tmp_path, num_hidden_layers=1, **NO_DROPOUT)
+    model = BertModel.from_pretrained(path, backend="triton").train()
+    ids, types, mask = _batch(*SMALL)
     counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(loss_of, backend=counter, fullgraph=True)
-    loss, ours = grads(compiled)
+    compiled = torch.compile(_compiled_loss(mask, types), backend=counter, fullgraph=True)
+    loss, ours = _step(compiled, model, ids)
     compiles = counter.frame_count
-    again, _ = grads(compiled)  # the first call changed nothing the trace guards on
+    again, _ = _step(compiled, model, ids)
     assert counter.frame_count == compiles and torch.equal(loss, again)
     hf_loss, hf_grads = _grads(hf.train(), hf=True, shape=SMALL)
     assert_close(loss, hf_loss, atol=1e-4, rtol=1e-5, what="compiled loss vs transformers")
     ours_as_hf = bertfast_to_hf(ours)
     for name, expected in hf_grads.items():
         assert_close(ours_as_hf[name], expected, atol=1e-4, rtol=1e-4, what=f"hf {name}")
-    bad = ids.clone()
-    bad[1, 2] = model.config.vocab_size
-    with pytest.raises(RuntimeError, match=r"input_ids holds values outside \[0, 99\)"):
-        compiled(model, bad)
 
 
 def _saved_activations(model, run):
