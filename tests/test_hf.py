@@ -230,7 +230,19 @@ def _grads_as_hf(native) -> dict[str, torch.Tensor]:
     return {**bertfast_to_hf(encoder, prefix="bert."), **head}
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSES if n != "BertModel"])
+# Each head trains for seconds under the interpreter. The default run trains pre-training (the
+# pooled NSP and per-token MLM outputs) and QA (per-token spans); the others are marked slow.
+TRAINED_BY_DEFAULT = ("BertForPreTraining", "BertForQuestionAnswering")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in TRAINED_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+        for n in CLASSES
+        if n != "BertModel"
+    ],
+)
 def test_accelerated_heads_train_on_the_triton_kernels(name):
     """An accelerate()d transformers head on backend='triton' trains with a plain optimizer
     loop: its loss and the gradient of every parameter equal transformers' (dropout off), and
