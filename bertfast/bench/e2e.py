@@ -175,6 +175,8 @@ def make_row(
 def speedup_interval(base: dict, row: dict) -> tuple[float | None, float | None]:
     """The 95 % interval of base time / row time: from the per-round ratios when the two ran
     interleaved (the same load in each round), else the ratio of their intervals' far ends."""
+    if base is row:  # a row against itself (a lone baseline, not interleaved): exactly 1
+        return 1.0, 1.0
     a, b = base.get("samples_ms") or [], row.get("samples_ms") or []
     if base.get("interleaved") and row.get("interleaved") and a and len(a) == len(b):
         s = ratio_summary(a, b)
