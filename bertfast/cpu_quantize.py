@@ -179,7 +179,8 @@ def linear_int8(
         raise TypeError(f"the int8 linear takes fp32 CPU activations, got {x.dtype} on {x.device}")
     rows = x.reshape(-1, x.shape[-1])
     inner = rows * weight.keep
-    low, high = torch.aminmax(inner, dim=1, keepdim=True)
+    # amin and amax separately: aminmax along rows takes twice their time together here.
+    low, high = inner.amin(dim=1, keepdim=True), inner.amax(dim=1, keepdim=True)
     # In place where the tensors are this call's own: at batch 1 each op's fixed cost is what
     # the int8 path pays beside its GEMM, so as few as possible.
     scale = high.sub_(low).clamp_min_(1e-12)

@@ -508,13 +508,15 @@ class BertModel(nn.Module):
         return_dict: bool = True,
         output_hidden_states: bool = False,
         compute_padded_positions: bool = False,
+        compute_pooler_output: bool = True,
     ) -> BertModelOutput | tuple:
         """Encode a batch; keyword names as in ``transformers.BertModel``.
 
         Padded positions of the output are unspecified: kernel backends, and the torch backend
         in CPU inference, skip them (zeros come back) unless ``compute_padded_positions`` asks
         to compute them as Hugging Face does (each attends to the real tokens), for callers
-        whose result depends on them.
+        whose result depends on them. ``compute_pooler_output=False`` skips the pooler
+        (``pooler_output`` is None) for callers that pool themselves, as sentence embeddings do.
         """
         backend = self.backend
         prepared = prepare_inputs(
@@ -522,7 +524,8 @@ class BertModel(nn.Module):
         )
         input_ids, mask, token_type_ids, position_ids, has_padding, first_padded, lengths = prepared
         # Left padding: the pooler reads position 0, which the padding-free path skips.
-        compute_padded_positions |= first_padded and self.pooler is not None
+        pooling = compute_pooler_output and self.pooler is not None
+        compute_padded_positions |= first_padded and pooling
         # Inside torch.compile the row lengths are not read back: no packing, the padded form.
         compute_padded_positions |= has_padding and lengths is None
         if backend != "torch" and self.training and torch.is_grad_enabled():
@@ -556,6 +559,8 @@ class BertModel(nn.Module):
             result = graphs.run(prepared)
             if result is not None:
                 output = BertModelOutput(*result)
+                if not pooling:
+                    output.pooler_output = None
                 return output if return_dict else output.to_tuple()
         validate = self._first_forward_on(backend)
         all_hidden: list[torch.Tensor] = []
@@ -597,7 +602,7 @@ class BertModel(nn.Module):
             all_hidden = [packed.unpack(h) for h in all_hidden]
         if not torch.compiler.is_compiling():  # a trace must not change what it guards on
             self._validated.add(self._validation_key(backend))
-        pooled = self.pool(hidden)
+        pooled = self.pool(hidden) if pooling else None
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         output = BertModelOutput(hidden, pooled, hidden_states)
         return output if return_dict else output.to_tuple()

@@ -959,7 +959,9 @@ class SentenceEncoder:
             return_tensors="pt",
         )
         features = {k: v.to(self.device) for k, v in enc.items()}
-        hidden = self.model(**features, compute_padded_positions=padded_positions)
+        hidden = self.model(
+            **features, compute_padded_positions=padded_positions, compute_pooler_output=False
+        )
         hidden = hidden.last_hidden_state
         features["token_embeddings"] = hidden
         features["sentence_embedding"] = self.apply_modules(

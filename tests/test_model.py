@@ -241,3 +241,25 @@ def test_unknown_and_unavailable_backend(monkeypatch):
         RuntimeError, match="backend 'triton' cannot run on cpu: .*TRITON_INTERPRET=1"
     ):
         BertModel(config, backend="triton")
+
+
+def test_pooler_can_be_skipped_and_left_padding_then_stays_packed(tmp_path):
+    """``compute_pooler_output=False`` returns no pooler output and the same hidden states; with
+    left padding the pooler's input (position 0) is padding, which otherwise makes the CPU path
+    compute padded positions: skipping the pooler keeps them zeros (packed)."""
+    path, hf = random_hf_bert(tmp_path)
+    model = BertModel.from_pretrained(path, backend="torch")
+    ids, types, mask = random_batch(hf.config.vocab_size, batch=3, seq=9)
+    left = mask.flip(1)  # real tokens at the end of each row
+    ids, types = ids.flip(1), types.flip(1)
+    assert (left[:, 0] == 0).any()
+    ref = _hf_outputs(hf, ids, types, left)
+    with torch.inference_mode():
+        full = model(ids, attention_mask=left, token_type_ids=types)
+        bare = model(ids, attention_mask=left, token_type_ids=types, compute_pooler_output=False)
+    assert bare.pooler_output is None and full.pooler_output is not None
+    assert len(bare.to_tuple()) == 1
+    assert max_abs_error(bare.last_hidden_state, ref.last_hidden_state, left) <= PARITY_TOL
+    assert bare.last_hidden_state[left == 0].abs().max() == 0  # packed: padding skipped
+    # With the pooler, position 0 is computed as transformers does (the pooler reads it).
+    assert max_abs_error(full.pooler_output, ref.pooler_output) <= PARITY_TOL

@@ -106,7 +106,7 @@ class ModelBackend:
         return {k: v.to(self.device) for k, v in inputs.items()}, lengths
 
     def _encode(self, inputs: dict[str, torch.Tensor]):
-        return self.encoder(**inputs)
+        return self.encoder(**inputs, compute_pooler_output=False)  # the backends pool
 
     def run(self, seqs: list[Sequence]) -> list[Any]:
         """One forward over ``seqs``; a JSON-ready result per sequence, in order."""
