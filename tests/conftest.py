@@ -47,6 +47,18 @@ def _torch_process_state():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever the process
+    started with: a shell starts background jobs with SIGINT ignored, and a test that sends
+    itself Ctrl-C must not depend on how pytest was launched. Restored afterwards."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

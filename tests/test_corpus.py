@@ -313,7 +313,7 @@ def test_a_live_run_holds_the_output_directory(tiny_dir, tiny_encoder, tmp_path)
 
 
 def test_an_interrupted_run_keeps_its_work_and_resumes_byte_for_byte(
-    tiny_dir, corpus, tmp_path, capsys, monkeypatch
+    tiny_dir, corpus, tmp_path, capsys, monkeypatch, python_sigint
 ):
     """Ctrl-C in the middle of the only shard: the texts done so far are saved (here after every
     batch, --save-every being tiny), and the rerun embeds only the rest; the files equal an

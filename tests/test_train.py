@@ -481,7 +481,7 @@ def test_max_steps_sets_the_length_of_the_run(capsys, tmp_path, model_dir, senti
 
 
 def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(
-    capsys, tmp_path, model_dir, sentiment, monkeypatch
+    capsys, tmp_path, model_dir, sentiment, monkeypatch, python_sigint
 ):
     import os
     import signal
