@@ -3,6 +3,8 @@
 # the tests marked slow, then the pytest-benchmark suite's CPU cases once each (so it cannot rot;
 # no time is judged). Arguments go to the main pytest run instead (and skip the benchmark run),
 # e.g. tests/test_cli.py; `-m slow tests` runs the slow tests, `tests` runs every test.
+# The default run spreads the test files over TEST_WORKERS pytest-xdist workers (default 2, one
+# torch thread each; tests/conftest.py); TEST_WORKERS=0 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -17,6 +19,11 @@ default_run=0
 if [ "$#" -eq 0 ]; then
     default_run=1
     set -- -m "not slow" tests
+    workers="${TEST_WORKERS:-2}"
+    if [ "$workers" != 0 ]; then
+        # A file's tests stay on one worker: module fixtures (a server, a torchrun) start once.
+        set -- -n "$workers" --dist loadfile "$@"
+    fi
 fi
 echo "test: pytest $*"
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"

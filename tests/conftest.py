@@ -11,6 +11,12 @@ import torch  # noqa: E402
 
 from tests import cuda_build  # noqa: E402
 
+# Under pytest-xdist (scripts/test.sh runs two workers on a 2-core machine) each worker keeps
+# to one torch thread: two workers of two threads each would stall each other at every op.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER is not None:
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -29,7 +35,9 @@ def _cuda_build_in_background(request, tmp_path_factory):
     needed = any(
         cuda_build.FIXTURE in getattr(i, "fixturenames", ()) for i in request.session.items
     )
-    if needed and cuda_build.missing_tools() is None:
+    # Under xdist the worker that runs the tests needing it builds it (the other worker keeps
+    # the second core busy meanwhile).
+    if needed and XDIST_WORKER is None and cuda_build.missing_tools() is None:
         cuda_build.start(tmp_path_factory.mktemp("cuda_build"))
     yield
     cuda_build.stop()

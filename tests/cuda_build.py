@@ -1,9 +1,11 @@
 """csrc/ built once per test session with CMake into a temporary directory (not into bertfast/),
 then its machine code disassembled for each arch (cuobjdump -sass, seconds each).
 
-Both run in a child process at low priority. tests/conftest.py starts it as the session begins
-when a collected test asks for the ``built`` fixture, so nvcc compiles beside the tests that
-come first (the interpreter tests leave the second core idle); the fixture then only waits.
+Both run in a child process at low priority. In a single-process run tests/conftest.py starts
+it as the session begins when a collected test asks for the ``built`` fixture, so nvcc compiles
+beside the tests that come first (the interpreter tests leave the second core idle); the
+fixture then only waits. Under pytest-xdist the worker that runs those tests starts it when
+they come (the other worker keeps the second core busy meanwhile).
 """
 
 from __future__ import annotations
