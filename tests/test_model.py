@@ -47,11 +47,23 @@ def test_minilm_parity(minilm_dir):
     assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
 
 
+@pytest.fixture
+def torch_threads(request):
+    """torch's CPU threads for the test (its parameter), restored afterwards: on more than one
+    thread short attention grids take the math path (``ops.attention``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("int8", [False, True])
-def test_cpu_inference_packs_real_tokens_and_keeps_parity(tmp_path, int8):
+def test_cpu_inference_packs_real_tokens_and_keeps_parity(tmp_path, int8, torch_threads):
     """In CPU inference the torch backend runs on the real tokens only: real positions equal
     transformers' (and the padded layout's), padded positions come back as zeros, and
-    ``compute_padded_positions`` or grad enabled give transformers' padded positions."""
+    ``compute_padded_positions`` or grad enabled give transformers' padded positions; on one
+    thread and on two (where the attention takes the math path)."""
     from bertfast.cpu_quantize import quantize_
 
     path, hf = random_hf_bert(tmp_path)

@@ -227,3 +227,45 @@ def test_packed_reference_one_grid_equals_each_sequence_alone():
     no_tokens = torch.zeros(3, dtype=torch.int32)
     empty = attention_reference(qkv[:4], heads, cu_seqlens=no_tokens, max_seqlen=0)
     assert empty.shape == (4, heads * d) and empty.abs().max() == 0
+
+
+def test_cpu_inference_on_several_threads_takes_the_math_path_with_the_same_result(monkeypatch):
+    """Short sequences in CPU inference on more than one thread run matmul, softmax, matmul
+    instead of SDPA's flash kernel: the same attention (padding poisoned with NaN, a sequence
+    with no real token, the packed form), and only where it applies."""
+    import importlib
+
+    module = importlib.import_module("bertfast.ops.attention")
+    calls = []
+    math_attention = module._math_attention
+    monkeypatch.setattr(module, "_math_attention", lambda *a: calls.append(1) or math_attention(*a))
+    heads = 2
+    qkv = torch.randn(3, 13, 3 * heads * 16)
+    mask = mixed_mask(3, 13, seed=3)
+    mask[1] = False
+    expected = naive_attention(qkv, heads, mask).float()
+    qkv[~mask] = float("nan")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            padded = attention_reference(qkv, heads, key_padding_mask=mask)
+            packed, cu, longest = packed_from_padded(qkv, mask)
+            packed_out = attention_reference(packed, heads, cu_seqlens=cu, max_seqlen=longest)
+        assert len(calls) == 2
+        assert_close(padded[mask], expected[mask], atol=2e-6, what="padded")
+        assert torch.equal(padded[1], torch.zeros_like(padded[1]))
+        assert_close(packed_out, expected[mask], atol=2e-6, what="packed")
+        q = torch.randn(1, 2, 13, 16)
+        with torch.inference_mode():
+            assert module._use_math_attention(q, 0.0)
+            assert not module._use_math_attention(q, 0.1)  # dropout: SDPA draws it
+            assert not module._use_math_attention(q.bfloat16(), 0.0)  # flash keeps fp32 sums
+            too_long = torch.randn(1, 2, module.MATH_ATTENTION_MAX_SEQ + 1, 16)
+            assert not module._use_math_attention(too_long, 0.0)
+        assert not module._use_math_attention(q.requires_grad_(), 0.0)  # training: SDPA
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            assert not module._use_math_attention(q.detach(), 0.0)  # one thread: flash
+    finally:
+        torch.set_num_threads(threads)
