@@ -43,14 +43,18 @@ from bertfast.ops._dropout import check_dropout_p, check_kernel_dropout, draw_se
 # SDPA's CPU flash kernel costs more there (measured on 2 threads: the 198 grids of 1,000 mixed
 # texts at batch 32 in 0.37 s against 0.82 s; at 96 tokens the two are even, beyond it flash
 # wins). On one thread flash is the faster of the two, and with grad, dropout or bf16 it is kept.
+# The math path holds every score at once (flash works in blocks): bounded here.
 MATH_ATTENTION_MAX_SEQ = 96
+MATH_ATTENTION_MAX_SCORE_BYTES = 64 << 20
 
 
 def _use_math_attention(q: torch.Tensor, dropout_p: float) -> bool:
+    batch, heads, seq, _ = q.shape
     return (
         q.device.type == "cpu"
         and q.dtype == torch.float32
-        and q.shape[-2] <= MATH_ATTENTION_MAX_SEQ
+        and seq <= MATH_ATTENTION_MAX_SEQ
+        and batch * heads * seq * seq * 4 <= MATH_ATTENTION_MAX_SCORE_BYTES
         and dropout_p == 0.0
         and not (torch.is_grad_enabled() and q.requires_grad)
         and not torch.compiler.is_compiling()

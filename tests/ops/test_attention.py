@@ -263,6 +263,11 @@ def test_cpu_inference_on_several_threads_takes_the_math_path_with_the_same_resu
             assert not module._use_math_attention(q.bfloat16(), 0.0)  # flash keeps fp32 sums
             too_long = torch.randn(1, 2, module.MATH_ATTENTION_MAX_SEQ + 1, 16)
             assert not module._use_math_attention(too_long, 0.0)
+            # Scores over the memory bound: flash, which works in blocks.
+            seq = module.MATH_ATTENTION_MAX_SEQ
+            many = module.MATH_ATTENTION_MAX_SCORE_BYTES // (4 * seq * seq) + 1
+            assert not module._use_math_attention(torch.empty(many, 1, seq, 16), 0.0)
+            assert module._use_math_attention(torch.empty(many - 1, 1, seq, 16), 0.0)
         assert not module._use_math_attention(q.requires_grad_(), 0.0)  # training: SDPA
         torch.set_num_threads(1)
         with torch.inference_mode():
