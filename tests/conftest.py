@@ -56,6 +56,17 @@ def _torch_process_state():
 
 
 @pytest.fixture
+def torch_threads(request):
+    """torch's CPU threads for the test (its indirect parameter), restored afterwards, even if
+    the test changed them: on more than one thread short attention grids take the math path
+    (``ops.attention``), which the one-thread xdist workers would otherwise never run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def python_sigint():
     """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever the process
     started with: a shell starts background jobs with SIGINT ignored, and a test that sends

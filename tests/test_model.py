@@ -47,16 +47,6 @@ def test_minilm_parity(minilm_dir):
     assert max_abs_error(ours.pooler_output, ref.pooler_output) <= PARITY_TOL
 
 
-@pytest.fixture
-def torch_threads(request):
-    """torch's CPU threads for the test (its parameter), restored afterwards: on more than one
-    thread short attention grids take the math path (``ops.attention``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("torch_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("int8", [False, True])
 def test_cpu_inference_packs_real_tokens_and_keeps_parity(tmp_path, int8, torch_threads):

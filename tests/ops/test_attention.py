@@ -229,7 +229,10 @@ def test_packed_reference_one_grid_equals_each_sequence_alone():
     assert empty.shape == (4, heads * d) and empty.abs().max() == 0
 
 
-def test_cpu_inference_on_several_threads_takes_the_math_path_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize("torch_threads", [2], indirect=True)
+def test_cpu_inference_on_several_threads_takes_the_math_path_with_the_same_result(
+    monkeypatch, torch_threads
+):
     """Short sequences in CPU inference on more than one thread run matmul, softmax, matmul
     instead of SDPA's flash kernel: the same attention (padding poisoned with NaN, a sequence
     with no real token, the packed form), and only where it applies."""
@@ -245,32 +248,27 @@ def test_cpu_inference_on_several_threads_takes_the_math_path_with_the_same_resu
     mask[1] = False
     expected = naive_attention(qkv, heads, mask).float()
     qkv[~mask] = float("nan")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            padded = attention_reference(qkv, heads, key_padding_mask=mask)
-            packed, cu, longest = packed_from_padded(qkv, mask)
-            packed_out = attention_reference(packed, heads, cu_seqlens=cu, max_seqlen=longest)
-        assert len(calls) == 2
-        assert_close(padded[mask], expected[mask], atol=2e-6, what="padded")
-        assert torch.equal(padded[1], torch.zeros_like(padded[1]))
-        assert_close(packed_out, expected[mask], atol=2e-6, what="packed")
-        q = torch.randn(1, 2, 13, 16)
-        with torch.inference_mode():
-            assert module._use_math_attention(q, 0.0)
-            assert not module._use_math_attention(q, 0.1)  # dropout: SDPA draws it
-            assert not module._use_math_attention(q.bfloat16(), 0.0)  # flash keeps fp32 sums
-            too_long = torch.randn(1, 2, module.MATH_ATTENTION_MAX_SEQ + 1, 16)
-            assert not module._use_math_attention(too_long, 0.0)
-            # Scores over the memory bound: flash, which works in blocks.
-            seq = module.MATH_ATTENTION_MAX_SEQ
-            many = module.MATH_ATTENTION_MAX_SCORE_BYTES // (4 * seq * seq) + 1
-            assert not module._use_math_attention(torch.empty(many, 1, seq, 16), 0.0)
-            assert module._use_math_attention(torch.empty(many - 1, 1, seq, 16), 0.0)
-        assert not module._use_math_attention(q.requires_grad_(), 0.0)  # training: SDPA
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            assert not module._use_math_attention(q.detach(), 0.0)  # one thread: flash
-    finally:
-        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        padded = attention_reference(qkv, heads, key_padding_mask=mask)
+        packed, cu, longest = packed_from_padded(qkv, mask)
+        packed_out = attention_reference(packed, heads, cu_seqlens=cu, max_seqlen=longest)
+    assert len(calls) == 2
+    assert_close(padded[mask], expected[mask], atol=2e-6, what="padded")
+    assert torch.equal(padded[1], torch.zeros_like(padded[1]))
+    assert_close(packed_out, expected[mask], atol=2e-6, what="packed")
+    q = torch.randn(1, 2, 13, 16)
+    with torch.inference_mode():
+        assert module._use_math_attention(q, 0.0)
+        assert not module._use_math_attention(q, 0.1)  # dropout: SDPA draws it
+        assert not module._use_math_attention(q.bfloat16(), 0.0)  # flash keeps fp32 sums
+        too_long = torch.randn(1, 2, module.MATH_ATTENTION_MAX_SEQ + 1, 16)
+        assert not module._use_math_attention(too_long, 0.0)
+        # Scores over the memory bound: flash, which works in blocks.
+        seq = module.MATH_ATTENTION_MAX_SEQ
+        many = module.MATH_ATTENTION_MAX_SCORE_BYTES // (4 * seq * seq) + 1
+        assert not module._use_math_attention(torch.empty(many, 1, seq, 16), 0.0)
+        assert module._use_math_attention(torch.empty(many - 1, 1, seq, 16), 0.0)
+    assert not module._use_math_attention(q.requires_grad_(), 0.0)  # training: SDPA
+    torch.set_num_threads(1)  # the fixture restores the count
+    with torch.inference_mode():
+        assert not module._use_math_attention(q.detach(), 0.0)  # one thread: flash
